@@ -1,0 +1,92 @@
+//! Encoders: turn texts into vectors. Owns the [`Encoder`] trait, the model manifests (`models/<name>/model.toml`),
+//! the ONNX Runtime set-up, tokenization, pooling, and the per-model batching queue that keeps inference off the
+//! async runtime.
+//!
+//! Implementations: [`onnx::SingleNetworkEncoder`] (plain encoders and decoder LLMs: one network for both sides,
+//! with per-side prefixes) and [`onnx::TwoTowerEncoder`] (a query tower and a document tower).
+
+pub mod manifest;
+pub mod onnx;
+pub mod pooling;
+pub mod queue;
+pub mod runtime;
+
+use serde::{Deserialize, Serialize};
+
+pub use manifest::{Manifest, ModelKind, ModelRole, PaddingSide, Pooling};
+pub use queue::EncoderHandle;
+
+/// Which side of the retrieval problem a text is on. Two-tower models run a different network per side;
+/// single-network models apply a different prefix per side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Query,
+    Document,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Query => "query",
+            Side::Document => "document",
+        }
+    }
+}
+
+/// Vectors for a batch of texts, in input order, and which inputs were cut at `max_tokens`.
+#[derive(Debug, Clone, Default)]
+pub struct Encoded {
+    pub vectors: Vec<Vec<f32>>,
+    pub truncated: Vec<bool>,
+}
+
+impl Encoded {
+    pub fn truncated_count(&self) -> usize {
+        self.truncated.iter().filter(|&&t| t).count()
+    }
+}
+
+/// What a loaded model is, as reported by `GET /v1/models` and recorded beside its embeddings.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub kind: ModelKind,
+    pub role: ModelRole,
+    pub dimension: usize,
+    /// Content hash of the manifest, networks and tokenizers: embeddings are stored per version.
+    pub version: String,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    pub max_tokens: usize,
+    pub query_prefix: String,
+    pub document_prefix: String,
+}
+
+/// Errors of the encoder layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EncoderError {
+    #[error("ONNX Runtime is not available: {0}")]
+    Runtime(String),
+    #[error("model manifest {path}: {message}")]
+    Manifest { path: String, message: String },
+    #[error("model {model}: cannot load {what}: {message}")]
+    Load { model: String, what: String, message: String },
+    #[error("model {model}: tokenization failed: {message}")]
+    Tokenize { model: String, message: String },
+    #[error("model {model}: inference failed: {message}")]
+    Inference { model: String, message: String },
+    #[error("model {model}: its encoding queue is full ({capacity} requests waiting); retry shortly")]
+    Overloaded { model: String, capacity: usize },
+    #[error("model {model}: its encoder has stopped")]
+    Stopped { model: String },
+}
+
+/// A model that turns texts into vectors. Implementations are synchronous and CPU-bound: callers reach them
+/// through an [`EncoderHandle`], whose queue runs them on a dedicated thread and batches concurrent requests.
+pub trait Encoder: Send + Sync + 'static {
+    fn info(&self) -> &ModelInfo;
+    /// Encodes `texts` (already a batch the caller chose) for `side`. Vectors are L2-normalised when the
+    /// manifest says `normalize = true`.
+    fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError>;
+}

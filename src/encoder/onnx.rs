@@ -1,0 +1,280 @@
+//! ONNX encoders: a tokenizer plus an ONNX Runtime session per tower, with pooling and normalisation.
+//!
+//! Inputs are read from the session itself: `token_type_ids` is sent only when the graph declares it. Any padding
+//! or truncation baked into a shipped `tokenizer.json` is replaced: batches pad to their longest member and inputs
+//! are cut at the manifest's `max_tokens`.
+
+use std::path::Path;
+
+use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::value::{DynValue, Tensor};
+use parking_lot::Mutex;
+use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use super::manifest::ResolvedManifest;
+use super::pooling::{normalize, pool};
+use super::{Encoded, Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side};
+
+/// Options for building sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionOptions {
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { intra_threads: 1 }
+    }
+}
+
+/// One network with its tokenizer: a whole single-network model, or one tower of a two-tower model.
+pub struct OnnxTower {
+    model: String,
+    session: Mutex<Session>,
+    tokenizer: Tokenizer,
+    has_token_type_ids: bool,
+    output: String,
+    pooling: Pooling,
+    normalize: bool,
+    dimension: usize,
+}
+
+fn load_err(model: &str, what: &Path, message: impl ToString) -> EncoderError {
+    EncoderError::Load { model: model.to_string(), what: what.display().to_string(), message: message.to_string() }
+}
+
+impl OnnxTower {
+    pub fn load(
+        resolved: &ResolvedManifest,
+        onnx: &Path,
+        tokenizer_path: &Path,
+        env: &ort::environment::Environment,
+        options: SessionOptions,
+    ) -> Result<Self, EncoderError> {
+        let m = &resolved.manifest;
+        let session = Session::builder(env)
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort::Error::<()>::from))
+            .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(ort::Error::<()>::from))
+            .and_then(|mut b| b.commit_from_file(onnx))
+            .map_err(|e| load_err(&m.name, onnx, e))?;
+
+        let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        for required in ["input_ids", "attention_mask"] {
+            if !input_names.contains(&required) {
+                return Err(load_err(&m.name, onnx, format!("the graph has no input `{required}` (inputs: {input_names:?})")));
+            }
+        }
+        if let Some(extra) = input_names.iter().find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n)) {
+            return Err(load_err(&m.name, onnx, format!("the graph needs an input Duet does not provide: `{extra}`")));
+        }
+        let has_token_type_ids = input_names.contains(&"token_type_ids");
+        let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        let pooling = m.pooling();
+        let output = match (&m.output, pooling) {
+            (Some(name), _) => name.clone(),
+            (None, Pooling::Output) => "sentence_embedding".to_string(),
+            (None, _) if output_names.contains(&"last_hidden_state") => "last_hidden_state".to_string(),
+            (None, _) => output_names.first().map(|s| s.to_string()).unwrap_or_default(),
+        };
+        if !output_names.contains(&output.as_str()) {
+            return Err(load_err(&m.name, onnx, format!("the graph has no output `{output}` (outputs: {output_names:?})")));
+        }
+
+        let mut tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|e| load_err(&m.name, tokenizer_path, e))?;
+        let pad_token = m
+            .pad_token
+            .clone()
+            .or_else(|| tokenizer.get_padding().map(|p| p.pad_token.clone()))
+            .or_else(|| ["[PAD]", "<pad>"].iter().find(|t| tokenizer.token_to_id(t).is_some()).map(|t| t.to_string()));
+        let pad_id = match &pad_token {
+            Some(token) => tokenizer.token_to_id(token).ok_or_else(|| {
+                load_err(&m.name, tokenizer_path, format!("pad token `{token}` is not in the vocabulary"))
+            })?,
+            None => 0,
+        };
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: match m.padding_side {
+                PaddingSide::Right => PaddingDirection::Right,
+                PaddingSide::Left => PaddingDirection::Left,
+            },
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id: 0,
+            pad_token: pad_token.unwrap_or_default(),
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: m.max_tokens, ..Default::default() }))
+            .map_err(|e| load_err(&m.name, tokenizer_path, e))?;
+
+        Ok(Self {
+            model: m.name.clone(),
+            session: Mutex::new(session),
+            tokenizer,
+            has_token_type_ids,
+            output,
+            pooling,
+            normalize: m.normalize,
+            dimension: m.dimension,
+        })
+    }
+
+    /// Tokenizes, runs and pools one batch.
+    pub fn encode(&self, texts: &[String]) -> Result<Encoded, EncoderError> {
+        if texts.is_empty() {
+            return Ok(Encoded::default());
+        }
+        let tokenize_err = |e: tokenizers::Error| EncoderError::Tokenize { model: self.model.clone(), message: e.to_string() };
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(tokenize_err)?;
+        let truncated: Vec<bool> = encodings.iter().map(|e| !e.get_overflowing().is_empty()).collect();
+        let batch = encodings.len();
+        let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+        let mut ids = vec![0i64; batch * seq];
+        let mut mask = vec![0i64; batch * seq];
+        let mut type_ids = vec![0i64; batch * seq];
+        for (b, enc) in encodings.iter().enumerate() {
+            for (t, ((&id, &m), &ty)) in enc.get_ids().iter().zip(enc.get_attention_mask()).zip(enc.get_type_ids()).enumerate() {
+                ids[b * seq + t] = id as i64;
+                mask[b * seq + t] = m as i64;
+                type_ids[b * seq + t] = ty as i64;
+            }
+        }
+
+        let infer_err = |e: ort::Error| EncoderError::Inference { model: self.model.clone(), message: e.to_string() };
+        let shape = vec![batch as i64, seq as i64];
+        let tensor = |data: Vec<i64>| -> Result<DynValue, EncoderError> {
+            Ok(Tensor::from_array((shape.clone(), data)).map_err(infer_err)?.into_dyn())
+        };
+        let mut inputs: Vec<(&str, DynValue)> =
+            vec![("input_ids", tensor(ids)?), ("attention_mask", tensor(mask.clone())?)];
+        if self.has_token_type_ids {
+            inputs.push(("token_type_ids", tensor(type_ids)?));
+        }
+
+        let mut session = self.session.lock();
+        let outputs = session.run(inputs).map_err(infer_err)?;
+        let (out_shape, states) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(infer_err)?;
+        let dims: Vec<i64> = out_shape.iter().copied().collect();
+        let expected_rank = if self.pooling == Pooling::Output { 2 } else { 3 };
+        if dims.len() != expected_rank || dims[0] as usize != batch || *dims.last().unwrap() as usize != self.dimension {
+            return Err(EncoderError::Inference {
+                model: self.model.clone(),
+                message: format!(
+                    "output `{}` has shape {dims:?}; expected [{batch}, {}{}] for pooling {:?} and dimension {}",
+                    self.output,
+                    if expected_rank == 3 { "sequence, " } else { "" },
+                    self.dimension,
+                    self.pooling,
+                    self.dimension
+                ),
+            });
+        }
+        let out_seq = if expected_rank == 3 { dims[1] as usize } else { 0 };
+        if expected_rank == 3 && out_seq != seq {
+            return Err(EncoderError::Inference {
+                model: self.model.clone(),
+                message: format!("output sequence length {out_seq} differs from the input's {seq}"),
+            });
+        }
+        let mut vectors = pool(states, batch, out_seq, self.dimension, &mask, self.pooling);
+        drop(outputs);
+        drop(session);
+        if self.normalize {
+            vectors.iter_mut().for_each(|v| normalize(v));
+        }
+        if let Some(bad) = vectors.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
+            return Err(EncoderError::Inference {
+                model: self.model.clone(),
+                message: format!("the network produced a non-finite value for input {bad}"),
+            });
+        }
+        Ok(Encoded { vectors, truncated })
+    }
+}
+
+fn with_prefix(prefix: &str, texts: &[String]) -> Vec<String> {
+    texts.iter().map(|t| format!("{prefix}{t}")).collect()
+}
+
+/// One network for queries and documents (plain encoders and decoder LLMs), with a prefix per side
+/// (e.g. an instruction before queries).
+pub struct SingleNetworkEncoder {
+    info: ModelInfo,
+    tower: OnnxTower,
+}
+
+/// Separate query and document towers (the same file for both when weights are shared).
+pub struct TwoTowerEncoder {
+    info: ModelInfo,
+    query: OnnxTower,
+    document: OnnxTower,
+}
+
+/// Loads the model a manifest describes.
+pub fn load(
+    resolved: &ResolvedManifest,
+    env: &ort::environment::Environment,
+    options: SessionOptions,
+) -> Result<Box<dyn Encoder>, EncoderError> {
+    let m = &resolved.manifest;
+    let info = ModelInfo {
+        name: m.name.clone(),
+        kind: m.kind,
+        role: m.role(),
+        dimension: m.dimension,
+        version: resolved.version()?,
+        pooling: m.pooling(),
+        normalize: m.normalize,
+        max_tokens: m.max_tokens,
+        query_prefix: m.query_prefix.clone(),
+        document_prefix: m.document_prefix.clone(),
+    };
+    match m.kind {
+        ModelKind::TwoTower => {
+            let query = OnnxTower::load(resolved, &resolved.query_onnx, &resolved.query_tokenizer, env, options)?;
+            let document = OnnxTower::load(resolved, &resolved.document_onnx, &resolved.document_tokenizer, env, options)?;
+            Ok(Box::new(TwoTowerEncoder { info, query, document }))
+        }
+        ModelKind::Llm | ModelKind::Encoder => {
+            let tower = OnnxTower::load(resolved, &resolved.query_onnx, &resolved.query_tokenizer, env, options)?;
+            Ok(Box::new(SingleNetworkEncoder { info, tower }))
+        }
+    }
+}
+
+impl Encoder for SingleNetworkEncoder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
+        let prefix = match side {
+            Side::Query => &self.info.query_prefix,
+            Side::Document => &self.info.document_prefix,
+        };
+        if prefix.is_empty() {
+            self.tower.encode(texts)
+        } else {
+            self.tower.encode(&with_prefix(prefix, texts))
+        }
+    }
+}
+
+impl Encoder for TwoTowerEncoder {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
+        let (tower, prefix) = match side {
+            Side::Query => (&self.query, &self.info.query_prefix),
+            Side::Document => (&self.document, &self.info.document_prefix),
+        };
+        if prefix.is_empty() {
+            tower.encode(texts)
+        } else {
+            tower.encode(&with_prefix(prefix, texts))
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! Duet: serve a two-tower model and an LLM-embedding model side by side over one corpus, and compare them.
+//!
+//! A request reads top to bottom through the modules:
+//! [`api`] (HTTP, validation, problem+json) → [`engine`] (which model, consistency of writes) →
+//! [`encoder`] (tokenize, ONNX, pool; one batching queue per model on its own thread) →
+//! [`index`] (HNSW or exact search per model) → [`store`] (documents and embeddings in SQL).
+//! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora and
+//! [`server`] wires it all to a listening socket.
+
+pub mod encoder;
+pub mod index;
+pub mod metrics;
+pub mod store;

@@ -1,0 +1,95 @@
+//! The relational store: documents of the corpus and their embeddings per (model, model version). The
+//! [`Store`] trait is what the rest of Duet sees; [`sqlite::SqliteStore`] is the embedded default, and a
+//! PostgreSQL implementation can follow with its own `migrations/postgres`.
+
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use sqlite::SqliteStore;
+
+/// A document as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    pub metadata: serde_json::Value,
+    pub content_hash: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A document to write.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub id: String,
+    pub text: String,
+    pub metadata: serde_json::Value,
+}
+
+/// One embedding to write, for the document of the same id in the same call.
+#[derive(Debug, Clone)]
+pub struct NewEmbedding {
+    pub model: String,
+    pub model_version: String,
+    pub document_id: String,
+    pub content_hash: String,
+    pub vector: Vec<f32>,
+}
+
+/// What identifies a stored document's content: used to skip unchanged documents on re-import.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    pub content_hash: String,
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {location}: {message}")]
+    Open { location: String, message: String },
+    #[error("store migration failed: {0}")]
+    Migrate(String),
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// SHA-256 of a document's text, hex.
+pub fn content_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// Everything Duet keeps in SQL. Implementations must make [`Store::upsert`] atomic: documents and their
+/// embeddings land together or not at all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts or replaces documents (keeping `created_at` of existing ones) and writes the given embeddings, in
+    /// one transaction. Embeddings of other models for a replaced text become stale (their hash differs).
+    async fn upsert(&self, documents: &[NewDocument], embeddings: &[NewEmbedding]) -> Result<(), StoreError>;
+    /// Writes embeddings for documents already stored.
+    async fn put_embeddings(&self, embeddings: &[NewEmbedding]) -> Result<(), StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<Document>, StoreError>;
+    async fn get_many(&self, ids: &[String]) -> Result<HashMap<String, Document>, StoreError>;
+    async fn fingerprints(&self, ids: &[String]) -> Result<HashMap<String, Fingerprint>, StoreError>;
+    /// Deletes a document and its embeddings; returns whether it existed.
+    async fn delete(&self, id: &str) -> Result<bool, StoreError>;
+    async fn count(&self) -> Result<u64, StoreError>;
+    /// Every valid (current-text) embedding of a model version, as (document id, vector).
+    async fn embeddings(&self, model: &str, model_version: &str) -> Result<Vec<(String, Vec<f32>)>, StoreError>;
+    /// Up to `limit` documents with no valid embedding for a model version, in id order after `after`.
+    async fn missing_embeddings(
+        &self,
+        model: &str,
+        model_version: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Document>, StoreError>;
+    /// Closes connections (checkpointing the write-ahead log).
+    async fn close(&self);
+}
