@@ -254,7 +254,13 @@ impl VectorIndex {
 
     fn new_graph(&self, expected: usize) -> Graph {
         let max_layer = 16;
-        Hnsw::new(self.params.m.clamp(2, 255), expected.max(1024), max_layer, self.params.ef_construction.max(8), DistDot)
+        Hnsw::new(
+            self.params.m.clamp(2, 255),
+            expected.max(1024),
+            max_layer,
+            self.params.ef_construction.max(8),
+            DistDot,
+        )
     }
 
     /// The `k` nearest live documents to `query` (normalised here). Exact below `exact_below` documents, when no
@@ -280,7 +286,9 @@ impl VectorIndex {
                     .collect();
                 SearchOutcome { hits, method: SearchMethod::Hnsw, ef: Some(ef) }
             }
-            _ => SearchOutcome { hits: exact_top_k(&inner, self.dim, &query, k), method: SearchMethod::Exact, ef: None },
+            _ => {
+                SearchOutcome { hits: exact_top_k(&inner, self.dim, &query, k), method: SearchMethod::Exact, ef: None }
+            }
         }
     }
 }
@@ -290,18 +298,14 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn exact_top_k(inner: &Inner, dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
-    let mut scored: Vec<(f32, usize)> = inner
-        .by_id
-        .values()
-        .map(|&slot| (dot(query, &inner.vectors[slot * dim..(slot + 1) * dim]), slot))
-        .collect();
+    let mut scored: Vec<(f32, usize)> =
+        inner.by_id.values().map(|&slot| (dot(query, &inner.vectors[slot * dim..(slot + 1) * dim]), slot)).collect();
     let k = k.min(scored.len());
     if k == 0 {
         return Vec::new();
     }
-    let by_score_then_id = |a: &(f32, usize), b: &(f32, usize)| {
-        b.0.total_cmp(&a.0).then_with(|| inner.ids[a.1].cmp(&inner.ids[b.1]))
-    };
+    let by_score_then_id =
+        |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then_with(|| inner.ids[a.1].cmp(&inner.ids[b.1]));
     scored.select_nth_unstable_by(k - 1, by_score_then_id);
     scored.truncate(k);
     scored.sort_by(by_score_then_id);
@@ -350,7 +354,8 @@ mod tests {
         assert!(index.delete("b"));
         assert!(!index.delete("b"));
         assert_eq!(index.len(), 2);
-        let ids: Vec<String> = index.search(&[1.0, 0.0, 0.0], 10, None, false).hits.iter().map(|h| h.id.to_string()).collect();
+        let ids: Vec<String> =
+            index.search(&[1.0, 0.0, 0.0], 10, None, false).hits.iter().map(|h| h.id.to_string()).collect();
         assert_eq!(ids, ["a", "c"], "ties break by id; deleted ids never come back");
     }
 

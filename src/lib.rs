@@ -7,7 +7,12 @@
 //! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora and
 //! [`server`] wires it all to a listening socket.
 
+pub mod api;
+pub mod config;
+pub mod corpus;
 pub mod encoder;
+pub mod engine;
 pub mod index;
 pub mod metrics;
+pub mod server;
 pub mod store;

@@ -1,1 +1,187 @@
-fn main() {}
+//! The `duet` command: `serve` the models over HTTP, `import` a corpus.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use duet::config::{Config, ModelEntry};
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "duet",
+    version,
+    about = "Serve a two-tower model and an LLM-embedding model side by side, and compare them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured models over HTTP.
+    Serve(ServeArgs),
+    /// Import a JSONL corpus ({"id","text","metadata"?} per line) into the store, encoded by every model.
+    Import(ImportArgs),
+}
+
+/// Options shared by every command; each flag is also an environment variable.
+#[derive(Args)]
+struct CommonArgs {
+    /// Config file (TOML); see examples/tiny.toml.
+    #[arg(long, env = "DUET_CONFIG")]
+    config: Option<PathBuf>,
+    /// SQLite database file (overrides the config's `store`).
+    #[arg(long, env = "DUET_STORE")]
+    store: Option<PathBuf>,
+    /// Path of libonnxruntime (after ORT_DYLIB_PATH; default: the project's .venv).
+    #[arg(long, env = "DUET_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
+    /// Model folders (holding model.toml) to serve instead of the config's [[models]]; comma-separated in the
+    /// environment variable.
+    #[arg(long = "model", env = "DUET_MODELS", value_delimiter = ',')]
+    models: Vec<PathBuf>,
+    /// Model used when a request names none (default: the first one).
+    #[arg(long, env = "DUET_DEFAULT_MODEL")]
+    default_model: Option<String>,
+    /// Log filter, e.g. `info` or `duet=debug,tower_http=debug`.
+    #[arg(long, env = "DUET_LOG", default_value = "info,ort=warn")]
+    log: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, env = "DUET_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// JSONL corpus to import at start-up (unchanged documents are skipped).
+    #[arg(long, env = "DUET_IMPORT")]
+    import: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The JSONL corpus.
+    #[arg(long, env = "DUET_CORPUS")]
+    corpus: PathBuf,
+    /// Documents per batch.
+    #[arg(long, env = "DUET_BATCH", default_value_t = 64)]
+    batch: usize,
+}
+
+fn load_config(common: &CommonArgs) -> anyhow::Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(store) = &common.store {
+        config.store = store.clone();
+    }
+    if let Some(lib) = &common.onnxruntime {
+        config.onnxruntime = Some(lib.clone());
+    }
+    if !common.models.is_empty() {
+        config.models = common
+            .models
+            .iter()
+            .map(|path| ModelEntry { path: path.clone(), index: Default::default(), encoder: None })
+            .collect();
+    }
+    if let Some(name) = &common.default_model {
+        config.default_model = Some(name.clone());
+    }
+    Ok(config)
+}
+
+fn init_logging(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = load_config(&args.common)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(import) = args.import {
+        config.import = Some(import);
+    }
+    let server = duet::server::start(config).await?;
+    println!("duet listening on http://{}", server.addr);
+    server.run_until(shutdown_signal()).await
+}
+
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.common)?;
+    config.validate()?;
+    let engine = duet::engine::Engine::open(&config).await?;
+    for prepared in engine.prepare_indexes().await? {
+        eprintln!(
+            "{}: {} embeddings from the store, {} documents encoded ({:.1} s)",
+            prepared.model, prepared.from_store, prepared.encoded, prepared.seconds
+        );
+    }
+    let size = std::fs::metadata(&args.corpus).with_context(|| format!("reading {}", args.corpus.display()))?.len();
+    let bar = ProgressBar::new(size);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {percent}% {msg}")
+            .expect("valid template"),
+    );
+    let report = duet::corpus::import_jsonl(&engine, &args.corpus, args.batch, |report, bytes| {
+        bar.set_position(bytes);
+        bar.set_message(format!(
+            "{} upserted, {} unchanged, {} bad",
+            report.upserted,
+            report.unchanged,
+            report.bad_lines.len()
+        ));
+    })
+    .await?;
+    bar.finish();
+    for bad in &report.bad_lines {
+        eprintln!("{}:{}: {}", args.corpus.display(), bad.line, bad.message);
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    engine.close().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging(&args.common.log);
+            serve(args).await
+        }
+        Command::Import(args) => {
+            init_logging(&args.common.log);
+            import(args).await
+        }
+    }
+}

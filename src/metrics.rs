@@ -3,7 +3,8 @@
 //! (`/v1/documents/{id}`), models are the configured model names.
 
 use prometheus::{
-    exponential_buckets, Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -40,7 +41,8 @@ impl Metrics {
             g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid histogram");
+            let h =
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid histogram");
             registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
@@ -71,7 +73,11 @@ impl Metrics {
                 &["model"],
                 latency_buckets(),
             ),
-            encode_queue_depth: gauge("encode_queue_depth", "Requests waiting in the model's encoding queue.", &["model"]),
+            encode_queue_depth: gauge(
+                "encode_queue_depth",
+                "Requests waiting in the model's encoding queue.",
+                &["model"],
+            ),
             encode_rejected: counter(
                 "encode_rejected_total",
                 "Requests refused because the model's encoding queue was full.",
@@ -122,7 +128,12 @@ mod tests {
         m.http_requests.with_label_values(&["/v1/search", "POST", "minilm", "200"]).inc();
         m.search_duration.with_label_values(&["minilm", "hnsw"]).observe(0.002);
         let text = m.render();
-        assert!(text.contains(r#"duet_http_requests_total{method="POST",model="minilm",route="/v1/search",status="200"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"duet_http_requests_total{method="POST",model="minilm",route="/v1/search",status="200"} 1"#
+            ),
+            "{text}"
+        );
         assert!(text.contains("duet_search_duration_seconds_bucket"), "{text}");
     }
 }

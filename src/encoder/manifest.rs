@@ -152,10 +152,12 @@ impl Manifest {
                     ))
                 }
             },
-            ModelKind::Llm | ModelKind::Encoder => match (&manifest.onnx, &manifest.query_onnx, &manifest.document_onnx) {
-                (Some(one), None, None) => (one.clone(), one.clone()),
-                _ => return Err(fail("this kind of model names exactly one network, `onnx`".into())),
-            },
+            ModelKind::Llm | ModelKind::Encoder => {
+                match (&manifest.onnx, &manifest.query_onnx, &manifest.document_onnx) {
+                    (Some(one), None, None) => (one.clone(), one.clone()),
+                    _ => return Err(fail("this kind of model names exactly one network, `onnx`".into())),
+                }
+            }
         };
         let shared_tokenizer = manifest.tokenizer.clone();
         let query_tokenizer = manifest.query_tokenizer.clone().or_else(|| shared_tokenizer.clone());
@@ -183,12 +185,8 @@ impl Manifest {
 impl ResolvedManifest {
     /// Every file the model is made of, without repeats, in a stable order.
     pub fn files(&self) -> Vec<&Path> {
-        let files: [&Path; 4] = [
-            &self.query_onnx,
-            &self.document_onnx,
-            &self.query_tokenizer,
-            &self.document_tokenizer,
-        ];
+        let files: [&Path; 4] =
+            [&self.query_onnx, &self.document_onnx, &self.query_tokenizer, &self.document_tokenizer];
         let mut unique = Vec::new();
         for f in files {
             if !unique.contains(&f) {
@@ -256,7 +254,11 @@ mod tests {
         );
         let err = Manifest::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("query_onnx"), "{err}");
-        write(dir.path(), "name='m'\nkind='encoder'\ndimension=8\nonnx='q.onnx'\ntokenizer='t.json'\npoolng='cls'\n", &[]);
+        write(
+            dir.path(),
+            "name='m'\nkind='encoder'\ndimension=8\nonnx='q.onnx'\ntokenizer='t.json'\npoolng='cls'\n",
+            &[],
+        );
         let err = Manifest::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("poolng"), "{err}");
     }

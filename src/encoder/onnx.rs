@@ -9,7 +9,7 @@ use std::path::Path;
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{DynValue, Tensor};
 use parking_lot::Mutex;
-use tokenizers::{PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::ResolvedManifest;
 use super::pooling::{normalize, pool};
@@ -32,7 +32,13 @@ impl Default for SessionOptions {
 pub struct OnnxTower {
     model: String,
     session: Mutex<Session>,
+    /// The shipped tokenizer with its baked-in padding and truncation removed: tells the full length of a text.
     tokenizer: Tokenizer,
+    /// The same, truncating at `max_tokens` (special tokens included), for the texts that are too long.
+    truncating: Tokenizer,
+    pad_id: u32,
+    padding_side: PaddingSide,
+    max_tokens: usize,
     has_token_type_ids: bool,
     output: String,
     pooling: Pooling,
@@ -62,10 +68,15 @@ impl OnnxTower {
         let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
             if !input_names.contains(&required) {
-                return Err(load_err(&m.name, onnx, format!("the graph has no input `{required}` (inputs: {input_names:?})")));
+                return Err(load_err(
+                    &m.name,
+                    onnx,
+                    format!("the graph has no input `{required}` (inputs: {input_names:?})"),
+                ));
             }
         }
-        if let Some(extra) = input_names.iter().find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n)) {
+        if let Some(extra) = input_names.iter().find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n))
+        {
             return Err(load_err(&m.name, onnx, format!("the graph needs an input Duet does not provide: `{extra}`")));
         }
         let has_token_type_ids = input_names.contains(&"token_type_ids");
@@ -78,33 +89,30 @@ impl OnnxTower {
             (None, _) => output_names.first().map(|s| s.to_string()).unwrap_or_default(),
         };
         if !output_names.contains(&output.as_str()) {
-            return Err(load_err(&m.name, onnx, format!("the graph has no output `{output}` (outputs: {output_names:?})")));
+            return Err(load_err(
+                &m.name,
+                onnx,
+                format!("the graph has no output `{output}` (outputs: {output_names:?})"),
+            ));
         }
 
         let mut tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|e| load_err(&m.name, tokenizer_path, e))?;
-        let pad_token = m
-            .pad_token
-            .clone()
-            .or_else(|| tokenizer.get_padding().map(|p| p.pad_token.clone()))
-            .or_else(|| ["[PAD]", "<pad>"].iter().find(|t| tokenizer.token_to_id(t).is_some()).map(|t| t.to_string()));
+        let pad_token =
+            m.pad_token.clone().or_else(|| tokenizer.get_padding().map(|p| p.pad_token.clone())).or_else(|| {
+                ["[PAD]", "<pad>"].iter().find(|t| tokenizer.token_to_id(t).is_some()).map(|t| t.to_string())
+            });
         let pad_id = match &pad_token {
             Some(token) => tokenizer.token_to_id(token).ok_or_else(|| {
                 load_err(&m.name, tokenizer_path, format!("pad token `{token}` is not in the vocabulary"))
             })?,
             None => 0,
         };
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            direction: match m.padding_side {
-                PaddingSide::Right => PaddingDirection::Right,
-                PaddingSide::Left => PaddingDirection::Left,
-            },
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token: pad_token.unwrap_or_default(),
-        }));
-        tokenizer
+        // Padding is done here, per batch, to the longest member; truncation only where a text is too long (the
+        // tokenizers crate does not report truncation reliably for tokenizers without a post-processor).
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(|e| load_err(&m.name, tokenizer_path, e))?;
+        let mut truncating = tokenizer.clone();
+        truncating
             .with_truncation(Some(TruncationParams { max_length: m.max_tokens, ..Default::default() }))
             .map_err(|e| load_err(&m.name, tokenizer_path, e))?;
 
@@ -112,6 +120,10 @@ impl OnnxTower {
             model: m.name.clone(),
             session: Mutex::new(session),
             tokenizer,
+            truncating,
+            pad_id,
+            padding_side: m.padding_side,
+            max_tokens: m.max_tokens,
             has_token_type_ids,
             output,
             pooling,
@@ -125,21 +137,14 @@ impl OnnxTower {
         if texts.is_empty() {
             return Ok(Encoded::default());
         }
-        let tokenize_err = |e: tokenizers::Error| EncoderError::Tokenize { model: self.model.clone(), message: e.to_string() };
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(tokenize_err)?;
-        let truncated: Vec<bool> = encodings.iter().map(|e| !e.get_overflowing().is_empty()).collect();
-        let batch = encodings.len();
-        let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
-        let mut ids = vec![0i64; batch * seq];
-        let mut mask = vec![0i64; batch * seq];
-        let mut type_ids = vec![0i64; batch * seq];
-        for (b, enc) in encodings.iter().enumerate() {
-            for (t, ((&id, &m), &ty)) in enc.get_ids().iter().zip(enc.get_attention_mask()).zip(enc.get_type_ids()).enumerate() {
-                ids[b * seq + t] = id as i64;
-                mask[b * seq + t] = m as i64;
-                type_ids[b * seq + t] = ty as i64;
-            }
+        let tokenize_err =
+            |e: tokenizers::Error| EncoderError::Tokenize { model: self.model.clone(), message: e.to_string() };
+        let mut encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(tokenize_err)?;
+        let truncated: Vec<bool> = encodings.iter().map(|e| e.len() > self.max_tokens).collect();
+        for (i, _) in truncated.iter().enumerate().filter(|(_, &t)| t) {
+            encodings[i] = self.truncating.encode(texts[i].as_str(), true).map_err(tokenize_err)?;
         }
+        let Packed { batch, seq, ids, mask, type_ids } = pack(&encodings, self.pad_id, self.padding_side);
 
         let infer_err = |e: ort::Error| EncoderError::Inference { model: self.model.clone(), message: e.to_string() };
         let shape = vec![batch as i64, seq as i64];
@@ -157,7 +162,8 @@ impl OnnxTower {
         let (out_shape, states) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(infer_err)?;
         let dims: Vec<i64> = out_shape.iter().copied().collect();
         let expected_rank = if self.pooling == Pooling::Output { 2 } else { 3 };
-        if dims.len() != expected_rank || dims[0] as usize != batch || *dims.last().unwrap() as usize != self.dimension {
+        if dims.len() != expected_rank || dims[0] as usize != batch || *dims.last().unwrap() as usize != self.dimension
+        {
             return Err(EncoderError::Inference {
                 model: self.model.clone(),
                 message: format!(
@@ -191,6 +197,38 @@ impl OnnxTower {
         }
         Ok(Encoded { vectors, truncated })
     }
+}
+
+/// A batch as the network takes it: `[batch, seq]` row-major, padded to the longest member.
+#[derive(Debug, PartialEq)]
+struct Packed {
+    batch: usize,
+    seq: usize,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    type_ids: Vec<i64>,
+}
+
+/// Pads token sequences to the longest one with `pad_id`, on the given side; the mask marks real tokens.
+fn pack(encodings: &[tokenizers::Encoding], pad_id: u32, side: PaddingSide) -> Packed {
+    let batch = encodings.len();
+    let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
+    let mut ids = vec![pad_id as i64; batch * seq];
+    let mut mask = vec![0i64; batch * seq];
+    let mut type_ids = vec![0i64; batch * seq];
+    for (b, enc) in encodings.iter().enumerate() {
+        let start = match side {
+            PaddingSide::Right => 0,
+            PaddingSide::Left => seq - enc.len(),
+        };
+        for (t, (&id, &ty)) in enc.get_ids().iter().zip(enc.get_type_ids()).enumerate() {
+            let at = b * seq + start + t;
+            ids[at] = id as i64;
+            mask[at] = 1;
+            type_ids[at] = ty as i64;
+        }
+    }
+    Packed { batch, seq, ids, mask, type_ids }
 }
 
 fn with_prefix(prefix: &str, texts: &[String]) -> Vec<String> {
@@ -233,7 +271,8 @@ pub fn load(
     match m.kind {
         ModelKind::TwoTower => {
             let query = OnnxTower::load(resolved, &resolved.query_onnx, &resolved.query_tokenizer, env, options)?;
-            let document = OnnxTower::load(resolved, &resolved.document_onnx, &resolved.document_tokenizer, env, options)?;
+            let document =
+                OnnxTower::load(resolved, &resolved.document_onnx, &resolved.document_tokenizer, env, options)?;
             Ok(Box::new(TwoTowerEncoder { info, query, document }))
         }
         ModelKind::Llm | ModelKind::Encoder => {
@@ -276,5 +315,39 @@ impl Encoder for TwoTowerEncoder {
         } else {
             tower.encode(&with_prefix(prefix, texts))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::Encoding;
+
+    fn encoding(ids: &[u32], types: &[u32]) -> Encoding {
+        let n = ids.len();
+        Encoding::new(
+            ids.to_vec(),
+            types.to_vec(),
+            vec![String::new(); n],
+            vec![None; n],
+            vec![(0, 0); n],
+            vec![0; n],
+            vec![1; n],
+            vec![],
+            Default::default(),
+        )
+    }
+
+    #[test]
+    fn batches_pad_to_the_longest_with_the_pad_id_on_either_side() {
+        let encodings = [encoding(&[5, 6, 7], &[0, 0, 1]), encoding(&[8], &[0])];
+        let right = pack(&encodings, 2, PaddingSide::Right);
+        assert_eq!((right.batch, right.seq), (2, 3));
+        assert_eq!(right.ids, [5, 6, 7, 8, 2, 2]);
+        assert_eq!(right.mask, [1, 1, 1, 1, 0, 0]);
+        assert_eq!(right.type_ids, [0, 0, 1, 0, 0, 0]);
+        let left = pack(&encodings, 2, PaddingSide::Left);
+        assert_eq!(left.ids, [5, 6, 7, 2, 2, 8]);
+        assert_eq!(left.mask, [1, 1, 1, 0, 0, 1]);
     }
 }

@@ -136,7 +136,10 @@ fn run_worker(encoder: Box<dyn Encoder>, mut rx: mpsc::Receiver<Job>, max_batch:
                 let mut flags = all.truncated.drain(..);
                 for job in jobs {
                     let n = job.texts.len();
-                    let part = Encoded { vectors: vectors.by_ref().take(n).collect(), truncated: flags.by_ref().take(n).collect() };
+                    let part = Encoded {
+                        vectors: vectors.by_ref().take(n).collect(),
+                        truncated: flags.by_ref().take(n).collect(),
+                    };
                     let _ = job.reply.send(Ok(part));
                 }
             }
@@ -233,7 +236,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_are_batched_and_answered_in_order() {
         let (enc, batches) = recorder();
-        let handle = EncoderHandle::spawn(Box::new(enc), QueueOptions { max_batch: 64, capacity: 100 }, Arc::new(Metrics::new()));
+        let handle = EncoderHandle::spawn(
+            Box::new(enc),
+            QueueOptions { max_batch: 64, capacity: 100 },
+            Arc::new(Metrics::new()),
+        );
         // Occupy the thread, then queue many small requests: they must be merged into few calls.
         let first = tokio::spawn({
             let h = handle.clone();
@@ -243,7 +250,9 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..20 {
             let h = handle.clone();
-            tasks.push(tokio::spawn(async move { h.encode(vec!["a".repeat(i + 1), "b".repeat(30 - i)], Side::Query).await }));
+            tasks.push(tokio::spawn(async move {
+                h.encode(vec!["a".repeat(i + 1), "b".repeat(30 - i)], Side::Query).await
+            }));
         }
         first.await.unwrap().unwrap();
         for (i, task) in tasks.into_iter().enumerate() {
@@ -260,10 +269,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sides_are_never_mixed_and_a_full_queue_refuses_at_once() {
         let (enc, _) = recorder();
-        let handle = EncoderHandle::spawn(Box::new(enc), QueueOptions { max_batch: 64, capacity: 2 }, Arc::new(Metrics::new()));
+        let handle =
+            EncoderHandle::spawn(Box::new(enc), QueueOptions { max_batch: 64, capacity: 2 }, Arc::new(Metrics::new()));
         let q = handle.clone();
         let d = handle.clone();
-        let (a, b) = tokio::join!(q.encode(vec!["abc".into()], Side::Query), d.encode(vec!["abc".into()], Side::Document));
+        let (a, b) =
+            tokio::join!(q.encode(vec!["abc".into()], Side::Query), d.encode(vec!["abc".into()], Side::Document));
         assert_eq!(a.unwrap().vectors[0][0], 3.0);
         assert_eq!(b.unwrap().vectors[0][0], -3.0);
 

@@ -31,7 +31,10 @@ pub fn locate(configured: Option<&Path>) -> Result<PathBuf, EncoderError> {
         return if path.is_file() {
             Ok(path.to_path_buf())
         } else {
-            Err(EncoderError::Runtime(format!("configured onnxruntime {} is not a file; {INSTALL_HINT}", path.display())))
+            Err(EncoderError::Runtime(format!(
+                "configured onnxruntime {} is not a file; {INSTALL_HINT}",
+                path.display()
+            )))
         };
     }
     let mut roots: Vec<PathBuf> = Vec::new();
@@ -66,9 +69,9 @@ fn find_in_venv(venv: &Path) -> Option<PathBuf> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libonnxruntime.so") || n.starts_with("libonnxruntime.") && n.ends_with(".dylib"))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with("libonnxruntime.so") || n.starts_with("libonnxruntime.") && n.ends_with(".dylib")
+                })
             })
             .collect();
         libs.sort();

@@ -134,10 +134,11 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Document>, StoreError> {
-        let row = sqlx::query("SELECT id, text, metadata, content_hash, created_at, updated_at FROM documents WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, text, metadata, content_hash, created_at, updated_at FROM documents WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(document_from_row).transpose()
     }
 
@@ -163,7 +164,8 @@ impl Store for SqliteStore {
     async fn fingerprints(&self, ids: &[String]) -> Result<HashMap<String, Fingerprint>, StoreError> {
         let mut found = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
-            let mut query = QueryBuilder::<Sqlite>::new("SELECT id, content_hash, metadata FROM documents WHERE id IN (");
+            let mut query =
+                QueryBuilder::<Sqlite>::new("SELECT id, content_hash, metadata FROM documents WHERE id IN (");
             let mut list = query.separated(", ");
             for id in chunk {
                 list.push_bind(id);
@@ -263,7 +265,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("sub/duet.db")).await.unwrap();
         store
-            .upsert(&[doc("a", "alpha"), doc("b", "beta")], &[emb("m", "a", "alpha", vec![1.0, -2.5]), emb("m", "b", "beta", vec![0.5, 0.25])])
+            .upsert(
+                &[doc("a", "alpha"), doc("b", "beta")],
+                &[emb("m", "a", "alpha", vec![1.0, -2.5]), emb("m", "b", "beta", vec![0.5, 0.25])],
+            )
             .await
             .unwrap();
         assert_eq!(store.count().await.unwrap(), 2);

@@ -1,0 +1,79 @@
+//! `/v1/embed`: vectors for texts, from one model and one side (query or document tower / prefix).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiJson};
+use super::{served_by, AppState};
+use crate::encoder::Side;
+
+fn default_side() -> Side {
+    Side::Query
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedRequest {
+    pub texts: Vec<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default = "default_side")]
+    pub side: Side,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbedResponse {
+    pub model: String,
+    pub model_version: String,
+    pub side: Side,
+    pub dimension: usize,
+    pub normalized: bool,
+    pub embeddings: Vec<Vec<f32>>,
+    /// How many texts were cut at the model's `max_tokens`, and which (indices into `texts`).
+    pub truncated: usize,
+    pub truncated_indices: Vec<usize>,
+}
+
+/// `POST /v1/embed`
+pub async fn embed(State(state): State<AppState>, ApiJson(body): ApiJson<EmbedRequest>) -> Result<Response, ApiError> {
+    let limits = &state.engine.limits;
+    if body.texts.is_empty() {
+        return Err(ApiError::invalid("`texts` must hold at least one text"));
+    }
+    if body.texts.len() > limits.max_batch {
+        return Err(ApiError::too_large(format!(
+            "{} texts in one request; the limit is {}",
+            body.texts.len(),
+            limits.max_batch
+        )));
+    }
+    for (i, text) in body.texts.iter().enumerate() {
+        if text.trim().is_empty() {
+            return Err(ApiError::invalid(format!("texts[{i}] is empty")));
+        }
+        let chars = text.chars().count();
+        if chars > limits.max_document_chars {
+            return Err(ApiError::invalid(format!(
+                "texts[{i}] has {chars} characters; the limit is {}",
+                limits.max_document_chars
+            )));
+        }
+    }
+    let model = body.model.unwrap_or_else(|| state.engine.default_model().to_string());
+    let (info, encoded) = state.engine.embed(&model, body.texts, body.side).await?;
+    let truncated_indices: Vec<usize> =
+        encoded.truncated.iter().enumerate().filter(|(_, &t)| t).map(|(i, _)| i).collect();
+    let response = EmbedResponse {
+        model: info.name.clone(),
+        model_version: info.version.clone(),
+        side: body.side,
+        dimension: info.dimension,
+        normalized: info.normalize,
+        embeddings: encoded.vectors,
+        truncated: truncated_indices.len(),
+        truncated_indices,
+    };
+    Ok(served_by(&info.name, StatusCode::OK, response))
+}

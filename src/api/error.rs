@@ -1,0 +1,148 @@
+//! The API's one error type and the one place where every failure becomes an HTTP status: client mistakes are
+//! 4xx `application/problem+json` (RFC 9457) with a message that says what to change; overload and warm-up are
+//! 503 with `Retry-After`; anything else is a 500 whose details go to the log, not to the client.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use crate::encoder::EncoderError;
+use crate::engine::EngineError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Short machine-readable kind; the problem's `type` is `/problems/<kind>`.
+    pub kind: &'static str,
+    pub detail: String,
+    pub extra: Map<String, Value>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self { status, kind, detail: detail.into(), extra: Map::new(), retry_after_secs: None }
+    }
+
+    /// 422: the request is well-formed but asks for something invalid.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-request", detail)
+    }
+
+    /// 413: the request (body, batch) is larger than the server's limits.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too-large", detail)
+    }
+
+    pub fn not_found(kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, kind, detail)
+    }
+
+    fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_string(), value);
+        self
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    fn internal(source: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %source, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(err: EngineError) -> Self {
+        match &err {
+            EngineError::UnknownModel { known, .. } => {
+                ApiError::not_found("unknown-model", err.to_string()).with("known_models", json!(known))
+            }
+            EngineError::NotReady(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", err.to_string()).retry_after(1)
+            }
+            EngineError::Encoder(EncoderError::Overloaded { .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", err.to_string()).retry_after(1)
+            }
+            EngineError::Encoder(EncoderError::Stopped { .. }) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model-stopped", err.to_string()).retry_after(1)
+            }
+            _ => ApiError::internal(&err),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let kind = match rejection {
+            JsonRejection::JsonSyntaxError(_) => "malformed-json",
+            JsonRejection::JsonDataError(_) => "invalid-request",
+            JsonRejection::MissingJsonContentType(_) => "unsupported-media-type",
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+            _ => "bad-request",
+        };
+        ApiError::new(status, kind, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-query-string", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-path", rejection.body_text())
+    }
+}
+
+fn title(status: StatusCode) -> &'static str {
+    status.canonical_reason().unwrap_or("Error")
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("type".into(), json!(format!("/problems/{}", self.kind)));
+        body.insert("title".into(), json!(title(self.status)));
+        body.insert("status".into(), json!(self.status.as_u16()));
+        body.insert("detail".into(), json!(self.detail));
+        body.extend(self.extra);
+        let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// `axum::Json` whose rejections are problems.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// `axum::extract::Query` whose rejections are problems.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `axum::extract::Path` whose rejections are problems.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,151 @@
+//! The HTTP API (axum, JSON, versioned under `/v1`): one file per resource, the router, and the middleware that
+//! gives every response a request id and records request metrics. Every route is listed once, in [`routes`];
+//! `openapi.yaml` must describe exactly those (a test checks it).
+
+pub mod documents;
+pub mod embed;
+pub mod error;
+pub mod models;
+pub mod ops;
+pub mod search;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::engine::Engine;
+pub use error::ApiError;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+}
+
+/// The id of the request, from a valid incoming `X-Request-Id` or freshly made; echoed in the response header.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Set by handlers on their response: the model that served it, for the metrics' `model` label.
+#[derive(Debug, Clone)]
+pub struct ServedBy(pub String);
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Every route: method, path, handler.
+fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+    vec![
+        ("GET", "/healthz", get(ops::healthz)),
+        ("GET", "/readyz", get(ops::readyz)),
+        ("GET", "/metrics", get(ops::metrics)),
+        ("GET", "/openapi.yaml", get(ops::openapi)),
+        ("GET", "/v1/models", get(models::list)),
+        ("POST", "/v1/documents", post(documents::upsert)),
+        ("GET", "/v1/documents/{id}", get(documents::get_one)),
+        ("DELETE", "/v1/documents/{id}", delete(documents::delete_one)),
+        ("GET", "/v1/search", get(search::search_get)),
+        ("POST", "/v1/search", post(search::search_post)),
+        ("POST", "/v1/embed", post(embed::embed)),
+    ]
+}
+
+/// (method, path) of every route the router serves.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    routes().into_iter().map(|(method, path, _)| (method, path)).collect()
+}
+
+pub fn router(engine: Arc<Engine>) -> Router {
+    let limits = engine.limits;
+    let state = AppState { engine };
+    let mut router = Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; the server log has the details",
+            )
+            .into_response()
+        }))
+        // Outside the panic catcher, so every response — timeouts and panics included — gets a request id and
+        // is counted.
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no-such-route", "no such route; see /openapi.yaml")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this route does not take that method; see /openapi.yaml",
+    )
+}
+
+fn valid_request_id(value: &HeaderValue) -> Option<String> {
+    let s = value.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
+}
+
+/// Request id in, request id out; count and time every request by route template, method, model and status.
+async fn observe(
+    State(state): State<AppState>,
+    matched: Option<MatchedPath>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let route = matched.map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let started = Instant::now();
+    let timeout = Duration::from_secs(state.engine.limits.request_timeout_secs.max(1));
+    let mut response = match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {} s", timeout.as_secs()),
+        )
+        .into_response(),
+    };
+    let model = response.extensions().get::<ServedBy>().map(|s| s.0.clone()).unwrap_or_default();
+    let status = response.status().as_u16().to_string();
+    let labels = [route.as_str(), method.as_str(), model.as_str(), status.as_str()];
+    let metrics = &state.engine.metrics;
+    metrics.http_requests.with_label_values(&labels).inc();
+    metrics.http_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    response
+}
+
+/// A JSON response tagged with the model that served it.
+pub(crate) fn served_by<T: serde::Serialize>(model: &str, status: StatusCode, body: T) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response.extensions_mut().insert(ServedBy(model.to_string()));
+    response
+}

@@ -1,0 +1,238 @@
+//! Configuration: the `duet.toml` file, with command-line flags and `DUET_*` environment variables on top.
+//! Relative paths in the file are relative to the file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::encoder::onnx::SessionOptions;
+use crate::encoder::queue::QueueOptions;
+use crate::index::IndexParams;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// SQLite database file.
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
+    /// Path of libonnxruntime (after `ORT_DYLIB_PATH`, before the project's .venv).
+    #[serde(default)]
+    pub onnxruntime: Option<PathBuf>,
+    /// A JSONL corpus imported at start-up (unchanged documents are skipped).
+    #[serde(default)]
+    pub import: Option<PathBuf>,
+    /// Model used when a request names none (default: the first `[[models]]` entry).
+    #[serde(default)]
+    pub default_model: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Defaults for every model's encoding queue and sessions.
+    #[serde(default)]
+    pub encoder: EncoderSettings,
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+}
+
+/// Request limits: anything beyond them is a client error (4xx), never a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest query, in characters.
+    pub max_query_chars: usize,
+    /// Longest document text, in characters.
+    pub max_document_chars: usize,
+    /// Most documents in one upsert, and most texts in one embed call.
+    pub max_batch: usize,
+    /// Largest `k`.
+    pub max_k: usize,
+    /// Largest `ef` a request may ask for.
+    pub max_ef: usize,
+    /// Longest document id, in bytes.
+    pub max_id_bytes: usize,
+    /// Characters of document text returned as a result's snippet.
+    pub snippet_chars: usize,
+    /// Requests taking longer than this are answered 503.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_query_chars: 4096,
+            max_document_chars: 100_000,
+            max_batch: 256,
+            max_k: 1000,
+            max_ef: 4096,
+            max_id_bytes: 256,
+            snippet_chars: 300,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+/// Encoding settings; `[encoder]` sets defaults, each `[[models]]` entry may override them.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderSettings {
+    /// Most texts in one inference call.
+    pub max_batch: usize,
+    /// Most requests waiting in a model's queue before new ones get 503.
+    pub queue_capacity: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        Self { max_batch: 32, queue_capacity: 256, intra_threads: 1 }
+    }
+}
+
+impl EncoderSettings {
+    pub fn queue(&self) -> QueueOptions {
+        QueueOptions { max_batch: self.max_batch, capacity: self.queue_capacity }
+    }
+    pub fn session(&self) -> SessionOptions {
+        SessionOptions { intra_threads: self.intra_threads }
+    }
+}
+
+/// One served model: its manifest folder and optional overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Folder holding `model.toml`.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub index: IndexParams,
+    #[serde(default)]
+    pub encoder: Option<EncoderSettings>,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid default address")
+}
+
+fn default_store() -> PathBuf {
+    PathBuf::from("duet.db")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            store: default_store(),
+            onnxruntime: None,
+            import: None,
+            default_model: None,
+            limits: Limits::default(),
+            encoder: EncoderSettings::default(),
+            models: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file, resolving its relative paths against the file's folder.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        let mut config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.store);
+        if let Some(p) = config.onnxruntime.as_mut() {
+            resolve(p);
+        }
+        if let Some(p) = config.import.as_mut() {
+            resolve(p);
+        }
+        for model in &mut config.models {
+            resolve(&mut model.path);
+        }
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Err(ConfigError::Invalid("no models: add at least one [[models]] entry with a `path`".into()));
+        }
+        let l = &self.limits;
+        if l.max_k == 0
+            || l.max_batch == 0
+            || l.max_query_chars == 0
+            || l.max_document_chars == 0
+            || l.max_body_bytes < 1024
+        {
+            return Err(ConfigError::Invalid("limits must be positive (and max_body_bytes at least 1024)".into()));
+        }
+        for m in &self.models {
+            let p = &m.index;
+            if p.m < 2 || p.m > 255 || p.ef_construction == 0 || p.ef_search == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: index m must be 2..=255 and ef_construction, ef_search positive",
+                    m.path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder_and_defaults_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duet.toml");
+        std::fs::write(
+            &path,
+            "store = 'data/duet.db'\n[limits]\nmax_k = 50\n[[models]]\npath = 'models/a'\n[models.index]\nef_search = 99\n",
+        )
+        .unwrap();
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.store, dir.path().join("data/duet.db"));
+        assert_eq!(config.models[0].path, dir.path().join("models/a"));
+        assert_eq!(config.models[0].index.ef_search, 99);
+        assert_eq!(config.models[0].index.m, IndexParams::default().m);
+        assert_eq!(config.limits.max_k, 50);
+        assert_eq!(config.limits.max_batch, Limits::default().max_batch);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_empty_model_lists_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("duet.toml");
+        std::fs::write(&path, "lisen = '0.0.0.0:1'\n").unwrap();
+        assert!(Config::from_file(&path).unwrap_err().to_string().contains("lisen"));
+        std::fs::write(&path, "").unwrap();
+        assert!(Config::from_file(&path).unwrap().validate().unwrap_err().to_string().contains("no models"));
+    }
+}

@@ -1,0 +1,184 @@
+//! Everything a client can get wrong is a 4xx `application/problem+json` with a message that says what to change
+//! — never a 500, never a panic.
+
+mod common;
+
+use common::{tiny_config, TestServer};
+use serde_json::{json, Value};
+
+async fn problem(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    content_type: Option<&str>,
+) -> (u16, Value) {
+    let mut request = match method {
+        "GET" => server.client.get(server.url(path)),
+        "POST" => server.client.post(server.url(path)),
+        "DELETE" => server.client.delete(server.url(path)),
+        "PUT" => server.client.put(server.url(path)),
+        other => panic!("method {other}"),
+    };
+    if let Some(ct) = content_type {
+        request = request.header("content-type", ct);
+    }
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let ct = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+    assert!(response.headers().contains_key("x-request-id"), "{method} {path}: no request id");
+    let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
+    assert_eq!(ct.as_deref(), Some("application/problem+json"), "{method} {path} → {status} {body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(body["type"].as_str().unwrap().starts_with("/problems/"), "{body}");
+    assert!(!body["detail"].as_str().unwrap().is_empty(), "{body}");
+    (status, body)
+}
+
+async fn post_json(server: &TestServer, path: &str, body: Value) -> (u16, Value) {
+    problem(server, "POST", path, Some(body.to_string()), Some("application/json")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("duet.db"));
+    config.limits.max_body_bytes = 64 * 1024;
+    config.limits.max_batch = 4;
+    config.limits.max_query_chars = 100;
+    let server = TestServer::start(config).await;
+
+    // Search: empty, blank and oversize queries; k out of range; unknown model (listing the known ones).
+    let (s, b) = post_json(&server, "/v1/search", json!({"query": ""})).await;
+    assert_eq!(s, 422);
+    assert!(b["detail"].as_str().unwrap().contains("query"), "{b}");
+    assert_eq!(post_json(&server, "/v1/search", json!({"query": "   \n"})).await.0, 422);
+    let (s, b) = post_json(&server, "/v1/search", json!({"query": "a".repeat(101)})).await;
+    assert_eq!(s, 422);
+    assert!(b["detail"].as_str().unwrap().contains("limit is 100"), "{b}");
+    for k in [0, 1001] {
+        let (s, b) = post_json(&server, "/v1/search", json!({"query": "x", "k": k})).await;
+        assert_eq!(s, 422, "k={k}");
+        assert!(b["detail"].as_str().unwrap().contains("`k`"), "{b}");
+    }
+    let (s, _) = post_json(&server, "/v1/search", json!({"query": "x", "k": -3})).await;
+    assert_eq!(s, 422, "a negative k does not even parse as a count");
+    assert_eq!(post_json(&server, "/v1/search", json!({"query": "x", "ef": 0})).await.0, 422);
+    let (s, b) = post_json(&server, "/v1/search", json!({"query": "x", "model": "gpt-9"})).await;
+    assert_eq!(s, 404);
+    assert_eq!(b["type"], "/problems/unknown-model");
+    assert_eq!(b["known_models"], json!(["tiny-encoder", "tiny-llm", "tiny-two-tower"]));
+    assert!(b["detail"].as_str().unwrap().contains("gpt-9"));
+    let (s, b) = post_json(&server, "/v1/search", json!({"query": "x", "top_k": 3})).await;
+    assert_eq!(s, 422, "a misspelt field is not silently ignored");
+    assert!(b["detail"].as_str().unwrap().contains("top_k"), "{b}");
+    assert_eq!(post_json(&server, "/v1/search", json!({"k": 3})).await.0, 422, "query is required");
+    assert_eq!(post_json(&server, "/v1/search", json!("just a string")).await.0, 422);
+
+    // GET search: missing q, non-numeric k, unknown model.
+    assert_eq!(problem(&server, "GET", "/v1/search?k=3", None, None).await.0, 400);
+    assert_eq!(problem(&server, "GET", "/v1/search?q=x&k=many", None, None).await.0, 400);
+    assert_eq!(problem(&server, "GET", "/v1/search?q=x&k=0", None, None).await.0, 422);
+    assert_eq!(problem(&server, "GET", "/v1/search?q=x&model=nope", None, None).await.0, 404);
+
+    // Malformed JSON, wrong content type, oversize body.
+    let (s, b) = problem(&server, "POST", "/v1/search", Some("{\"query\": ".into()), Some("application/json")).await;
+    assert_eq!(s, 400);
+    assert_eq!(b["type"], "/problems/malformed-json");
+    assert_eq!(
+        problem(&server, "POST", "/v1/search", Some("{\"query\": \"x\"}".into()), Some("text/plain")).await.0,
+        415
+    );
+    assert_eq!(problem(&server, "POST", "/v1/search", Some("{\"query\": \"x\"}".into()), None).await.0, 415);
+    let huge = json!({"documents": [{"id": "a", "text": "word ".repeat(20_000)}]}).to_string();
+    let (s, b) = problem(&server, "POST", "/v1/documents", Some(huge), Some("application/json")).await;
+    assert_eq!(s, 413);
+    assert_eq!(b["type"], "/problems/too-large");
+
+    // Documents: empty or oversize batch, empty id or text, bad metadata, duplicate ids, unknown document.
+    assert_eq!(post_json(&server, "/v1/documents", json!({"documents": []})).await.0, 422);
+    let five: Vec<Value> = (0..5).map(|i| json!({"id": format!("d{i}"), "text": "t"})).collect();
+    let (s, b) = post_json(&server, "/v1/documents", json!({"documents": five})).await;
+    assert_eq!(s, 413);
+    assert!(b["detail"].as_str().unwrap().contains("limit is 4"), "{b}");
+    let (s, b) = post_json(&server, "/v1/documents", json!({"documents": [{"id": "", "text": "t"}]})).await;
+    assert_eq!(s, 422);
+    assert!(b["detail"].as_str().unwrap().contains("documents[0]"), "{b}");
+    assert_eq!(post_json(&server, "/v1/documents", json!({"documents": [{"id": "a", "text": " "}]})).await.0, 422);
+    assert_eq!(
+        post_json(&server, "/v1/documents", json!({"documents": [{"id": "a", "text": "t", "metadata": [1]}]})).await.0,
+        422
+    );
+    assert_eq!(post_json(&server, "/v1/documents", json!({"documents": [{"id": "a"}]})).await.0, 422);
+    let (s, b) =
+        post_json(&server, "/v1/documents", json!({"documents": [{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]}))
+            .await;
+    assert_eq!(s, 422);
+    assert!(b["detail"].as_str().unwrap().contains("twice"), "{b}");
+    assert_eq!(problem(&server, "GET", "/v1/documents/missing", None, None).await.0, 404);
+    assert_eq!(problem(&server, "DELETE", "/v1/documents/missing", None, None).await.0, 404);
+    assert_eq!(server.get("/v1/documents/a").await.0, 404, "nothing from the refused batches was stored");
+
+    // Embed: no texts, too many, empty text, unknown side or model.
+    assert_eq!(post_json(&server, "/v1/embed", json!({"texts": []})).await.0, 422);
+    assert_eq!(post_json(&server, "/v1/embed", json!({"texts": ["a", "b", "c", "d", "e"]})).await.0, 413);
+    assert_eq!(post_json(&server, "/v1/embed", json!({"texts": [""]})).await.0, 422);
+    assert_eq!(post_json(&server, "/v1/embed", json!({"texts": ["a"], "side": "both"})).await.0, 422);
+    assert_eq!(post_json(&server, "/v1/embed", json!({"texts": ["a"], "model": "nope"})).await.0, 404);
+
+    // Unknown routes and methods.
+    assert_eq!(problem(&server, "GET", "/v2/search", None, None).await.0, 404);
+    assert_eq!(problem(&server, "PUT", "/v1/search", None, None).await.0, 405);
+    assert_eq!(problem(&server, "DELETE", "/v1/documents", None, None).await.0, 405);
+
+    // After all that, the server still serves, and no 5xx was ever counted (but /readyz's 503 while warming up).
+    let (s, _) = server.post("/v1/search", &json!({"query": "x"})).await;
+    assert_eq!(s, 200);
+    let metrics = server.metrics().await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("duet_http_requests_total") && l.contains("status=\"5") && !l.contains("/readyz")),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_encoding_queue_sheds_load_with_503_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("duet.db"));
+    config.encoder.queue_capacity = 1;
+    config.encoder.max_batch = 4;
+    let server = TestServer::start(config).await;
+    let texts: Vec<String> = (0..256).map(|i| format!("read a json file from disk number {i} ").repeat(8)).collect();
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let client = server.client.clone();
+        let url = server.url("/v1/embed");
+        let body = json!({"texts": texts, "model": "tiny-llm"});
+        tasks.push(tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() }));
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for task in tasks {
+        let response = task.await.unwrap();
+        match response.status().as_u16() {
+            200 => ok += 1,
+            503 => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["type"], "/problems/overloaded");
+                shed += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok >= 1, "the queue still serves");
+    assert_eq!(ok + shed, 24);
+    let metrics = server.metrics().await;
+    assert_eq!(common::metric(&metrics, "duet_encode_rejected_total{model=\"tiny-llm\"}"), shed as f64);
+    server.stop().await;
+}
