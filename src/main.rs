@@ -25,6 +25,22 @@ enum Command {
     Serve(ServeArgs),
     /// Import a JSONL corpus ({"id","text","metadata"?} per line) into the store, encoded by every model.
     Import(ImportArgs),
+    /// Check a model folder against its reference vectors (reference.json): Duet's tokenizer, ONNX Runtime and
+    /// pooling must reproduce them (cosine >= min_cosine), batched and one by one.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Model folder (holding model.toml and reference.json).
+    #[arg(long, env = "DUET_VERIFY_MODEL")]
+    model: PathBuf,
+    /// Reference file (default: <model>/reference.json).
+    #[arg(long, env = "DUET_REFERENCE")]
+    reference: Option<PathBuf>,
+    /// Path of libonnxruntime (after ORT_DYLIB_PATH; default: the project's .venv).
+    #[arg(long, env = "DUET_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
 }
 
 /// Options shared by every command; each flag is also an environment variable.
@@ -171,6 +187,31 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let report = duet::encoder::verify::verify(&args.model, args.reference.as_deref(), args.onnxruntime.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "{}: cosine with the reference (min {}), batched / single / batched-vs-single",
+        report.model, report.min_cosine
+    );
+    for c in &report.checks {
+        println!(
+            "  {:.6} {:.6} {:.6}{} {:?}",
+            c.cosine_batched,
+            c.cosine_single,
+            c.batched_vs_single,
+            if c.truncated { " (truncated)" } else { "" },
+            c.text
+        );
+    }
+    if report.passed {
+        println!("{}: verified", report.model);
+        Ok(())
+    } else {
+        anyhow::bail!("{}: Duet's vectors do not match the reference", report.model)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -183,5 +224,6 @@ async fn main() -> anyhow::Result<()> {
             init_logging(&args.common.log);
             import(args).await
         }
+        Command::Verify(args) => verify(args),
     }
 }

@@ -80,6 +80,10 @@ pub struct Manifest {
     pub query_prefix: String,
     #[serde(default)]
     pub document_prefix: String,
+    /// Instead of a prefix: a template holding `{text}` once, e.g.
+    /// `This sentence: "{text}" means in one word: "` (PromptEOL, Jiang et al. 2023).
+    pub query_template: Option<String>,
+    pub document_template: Option<String>,
     /// The network of a single-network model, or both towers of a two-tower model with shared weights.
     pub onnx: Option<PathBuf>,
     pub query_onnx: Option<PathBuf>,
@@ -138,6 +142,19 @@ impl Manifest {
         }
         if manifest.dimension == 0 {
             return Err(fail("dimension must be positive".into()));
+        }
+        for (side, prefix, template) in [
+            ("query", &manifest.query_prefix, &manifest.query_template),
+            ("document", &manifest.document_prefix, &manifest.document_template),
+        ] {
+            if let Some(template) = template {
+                if template.matches("{text}").count() != 1 {
+                    return Err(fail(format!("{side}_template must hold `{{text}}` exactly once")));
+                }
+                if !prefix.is_empty() {
+                    return Err(fail(format!("give {side}_prefix or {side}_template, not both")));
+                }
+            }
         }
         if manifest.max_tokens < 2 {
             return Err(fail("max_tokens must be at least 2".into()));
@@ -261,6 +278,22 @@ mod tests {
         );
         let err = Manifest::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("poolng"), "{err}");
+    }
+
+    #[test]
+    fn templates_hold_the_text_once_and_exclude_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "name='m'\nkind='llm'\ndimension=8\nonnx='m.onnx'\ntokenizer='t.json'\n";
+        write(dir.path(), &format!("{base}query_template='no placeholder'\n"), &["m.onnx", "t.json"]);
+        assert!(Manifest::load(dir.path()).unwrap_err().to_string().contains("exactly once"));
+        write(dir.path(), &format!("{base}query_template='Q: {{text}}'\nquery_prefix='x'\n"), &[]);
+        assert!(Manifest::load(dir.path()).unwrap_err().to_string().contains("not both"));
+        write(
+            dir.path(),
+            &format!("{base}document_template='This sentence: \"{{text}}\" means in one word: \"'\n"),
+            &[],
+        );
+        assert!(Manifest::load(dir.path()).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod onnx;
 pub mod pooling;
 pub mod queue;
 pub mod runtime;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +62,33 @@ pub struct ModelInfo {
     pub max_tokens: usize,
     pub query_prefix: String,
     pub document_prefix: String,
+    /// A template with `{text}` in it, applied to queries instead of the prefix (e.g. a PromptEOL prompt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document_template: Option<String>,
+}
+
+impl ModelInfo {
+    /// The text as the network sees it on `side`: inside the side's template, or after its prefix.
+    pub fn frame(&self, side: Side, text: &str) -> String {
+        let (prefix, template) = match side {
+            Side::Query => (&self.query_prefix, &self.query_template),
+            Side::Document => (&self.document_prefix, &self.document_template),
+        };
+        match template {
+            Some(template) => template.replacen("{text}", text, 1),
+            None => format!("{prefix}{text}"),
+        }
+    }
+
+    /// Whether texts on `side` are used as they are.
+    pub fn frames_nothing(&self, side: Side) -> bool {
+        match side {
+            Side::Query => self.query_prefix.is_empty() && self.query_template.is_none(),
+            Side::Document => self.document_prefix.is_empty() && self.document_template.is_none(),
+        }
+    }
 }
 
 /// Errors of the encoder layer.

@@ -231,8 +231,14 @@ fn pack(encodings: &[tokenizers::Encoding], pad_id: u32, side: PaddingSide) -> P
     Packed { batch, seq, ids, mask, type_ids }
 }
 
-fn with_prefix(prefix: &str, texts: &[String]) -> Vec<String> {
-    texts.iter().map(|t| format!("{prefix}{t}")).collect()
+/// Encodes with `tower`, framing the texts as the model's `side` asks (prefix or template).
+fn encode_framed(info: &ModelInfo, tower: &OnnxTower, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
+    if info.frames_nothing(side) {
+        tower.encode(texts)
+    } else {
+        let framed: Vec<String> = texts.iter().map(|t| info.frame(side, t)).collect();
+        tower.encode(&framed)
+    }
 }
 
 /// One network for queries and documents (plain encoders and decoder LLMs), with a prefix per side
@@ -267,6 +273,8 @@ pub fn load(
         max_tokens: m.max_tokens,
         query_prefix: m.query_prefix.clone(),
         document_prefix: m.document_prefix.clone(),
+        query_template: m.query_template.clone(),
+        document_template: m.document_template.clone(),
     };
     match m.kind {
         ModelKind::TwoTower => {
@@ -288,15 +296,7 @@ impl Encoder for SingleNetworkEncoder {
     }
 
     fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
-        let prefix = match side {
-            Side::Query => &self.info.query_prefix,
-            Side::Document => &self.info.document_prefix,
-        };
-        if prefix.is_empty() {
-            self.tower.encode(texts)
-        } else {
-            self.tower.encode(&with_prefix(prefix, texts))
-        }
+        encode_framed(&self.info, &self.tower, texts, side)
     }
 }
 
@@ -306,15 +306,11 @@ impl Encoder for TwoTowerEncoder {
     }
 
     fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
-        let (tower, prefix) = match side {
-            Side::Query => (&self.query, &self.info.query_prefix),
-            Side::Document => (&self.document, &self.info.document_prefix),
+        let tower = match side {
+            Side::Query => &self.query,
+            Side::Document => &self.document,
         };
-        if prefix.is_empty() {
-            tower.encode(texts)
-        } else {
-            tower.encode(&with_prefix(prefix, texts))
-        }
+        encode_framed(&self.info, tower, texts, side)
     }
 }
 

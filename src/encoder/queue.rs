@@ -229,6 +229,8 @@ mod tests {
             max_tokens: 8,
             query_prefix: String::new(),
             document_prefix: String::new(),
+            query_template: None,
+            document_template: None,
         };
         (Recorder { info, calls: Arc::new(AtomicUsize::new(0)), batches: batches.clone() }, batches)
     }
