@@ -4,8 +4,8 @@
 //! [`api`] (HTTP, validation, problem+json) → [`engine`] (which model, consistency of writes) →
 //! [`encoder`] (tokenize, ONNX, pool; one batching queue per model on its own thread) →
 //! [`index`] (HNSW or exact search per model) → [`store`] (documents and embeddings in SQL).
-//! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora and
-//! [`server`] wires it all to a listening socket.
+//! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora,
+//! [`mine`] mines (query, result) pairs from source code, and [`server`] wires it all to a listening socket.
 
 pub mod api;
 pub mod config;
@@ -14,5 +14,6 @@ pub mod encoder;
 pub mod engine;
 pub mod index;
 pub mod metrics;
+pub mod mine;
 pub mod server;
 pub mod store;

@@ -28,6 +28,35 @@ enum Command {
     /// Check a model folder against its reference vectors (reference.json): Duet's tokenizer, ONNX Runtime and
     /// pooling must reproduce them (cosine >= min_cosine), batched and one by one.
     Verify(VerifyArgs),
+    /// Mine (query, result) pairs from source code into corpus.jsonl, train.jsonl, test.jsonl and stats.json.
+    #[command(subcommand)]
+    Mine(MineCommand),
+}
+
+#[derive(Subcommand)]
+enum MineCommand {
+    /// Documented Python functions: first docstring paragraph → the function's code without its docstring,
+    /// split into train/test by source file.
+    PythonDocstrings(MinePythonArgs),
+}
+
+#[derive(Args)]
+struct MinePythonArgs {
+    /// Folder of Python sources (default: this machine's Python standard library).
+    #[arg(long, env = "DUET_MINE_SRC")]
+    src: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, env = "DUET_MINE_OUT")]
+    out: PathBuf,
+    /// Seed of the train/test split.
+    #[arg(long, env = "DUET_MINE_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Share of source files in the test split.
+    #[arg(long, env = "DUET_MINE_TEST_FRACTION", default_value_t = 0.1)]
+    test_fraction: f64,
+    /// Keep functions that look like tests (test_* names, files under test/ or tests/).
+    #[arg(long, env = "DUET_MINE_KEEP_TESTS")]
+    keep_tests: bool,
 }
 
 #[derive(Args)]
@@ -187,6 +216,33 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn mine_python(args: MinePythonArgs) -> anyhow::Result<()> {
+    let src = match args.src {
+        Some(src) => src,
+        None => duet::mine::default_python_source()
+            .context("no --src given and python3's standard library was not found")?,
+    };
+    let options = duet::mine::MineOptions {
+        seed: args.seed,
+        test_fraction: args.test_fraction,
+        skip_tests: !args.keep_tests,
+        ..Default::default()
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} files")
+            .expect("valid template"),
+    );
+    let stats = duet::mine::mine_python_docstrings(&src, &args.out, &options, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish();
+    eprintln!("mined {} from {}", args.out.display(), src.display());
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(())
+}
+
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let report = duet::encoder::verify::verify(&args.model, args.reference.as_deref(), args.onnxruntime.as_deref())
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -225,5 +281,6 @@ async fn main() -> anyhow::Result<()> {
             import(args).await
         }
         Command::Verify(args) => verify(args),
+        Command::Mine(MineCommand::PythonDocstrings(args)) => mine_python(args),
     }
 }
