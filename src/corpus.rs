@@ -99,7 +99,12 @@ fn parse_line(line: &str) -> Result<NewDocument, String> {
     })
 }
 
-async fn write_batch(engine: &Engine, batch: Vec<NewDocument>, report: &mut ImportReport) -> Result<(), ImportError> {
+/// Upserts the documents of `batch` whose text or metadata differ from the stored ones (later duplicates win).
+pub async fn write_batch(
+    engine: &Engine,
+    batch: Vec<NewDocument>,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
     // Later lines win over earlier ones with the same id.
     let mut by_id: HashMap<String, NewDocument> = HashMap::with_capacity(batch.len());
     for doc in batch {

@@ -5,13 +5,14 @@
 //! [`encoder`] (tokenize, ONNX, pool; one batching queue per model on its own thread) →
 //! [`index`] (HNSW or exact search per model) → [`store`] (documents and embeddings in SQL).
 //! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora,
-//! [`mine`] mines (query, result) pairs from source code, and [`server`] wires it all to a listening socket.
+//! [`mine`] mines (query, result) pairs from source code, [`eval`] scores models on held-out pairs, and [`server`] wires it all to a listening socket.
 
 pub mod api;
 pub mod config;
 pub mod corpus;
 pub mod encoder;
 pub mod engine;
+pub mod eval;
 pub mod index;
 pub mod metrics;
 pub mod mine;

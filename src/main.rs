@@ -28,9 +28,43 @@ enum Command {
     /// Check a model folder against its reference vectors (reference.json): Duet's tokenizer, ONNX Runtime and
     /// pooling must reproduce them (cosine >= min_cosine), batched and one by one.
     Verify(VerifyArgs),
+    /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
+    /// engine the server uses; embeddings are cached in a store per data set and sample.
+    Eval(EvalArgs),
     /// Mine (query, result) pairs from source code into corpus.jsonl, train.jsonl, test.jsonl and stats.json.
     #[command(subcommand)]
     Mine(MineCommand),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Data folder with corpus.jsonl and test.jsonl.
+    #[arg(long, env = "DUET_EVAL_DATA")]
+    data: PathBuf,
+    /// Models: names under --models-dir or model folders, comma-separated.
+    #[arg(long, env = "DUET_EVAL_MODELS", value_delimiter = ',', required = true)]
+    models: Vec<String>,
+    #[arg(long, env = "DUET_MODELS_DIR", default_value = "models")]
+    models_dir: PathBuf,
+    /// Corpus sample size (every relevant document is kept).
+    #[arg(long, env = "DUET_EVAL_MAX_DOCS")]
+    max_docs: Option<usize>,
+    /// Test queries used (a seeded sample).
+    #[arg(long, env = "DUET_EVAL_MAX_QUERIES")]
+    max_queries: Option<usize>,
+    /// Cut-offs for recall.
+    #[arg(long, env = "DUET_EVAL_K", value_delimiter = ',', default_value = "1,10,100")]
+    k: Vec<usize>,
+    #[arg(long, env = "DUET_EVAL_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Folder for the report (report.md, report.json) and the embedding cache.
+    #[arg(long, env = "DUET_EVAL_OUT", default_value = "reports/eval")]
+    out: PathBuf,
+    /// Path of libonnxruntime (after ORT_DYLIB_PATH; default: the project's .venv).
+    #[arg(long, env = "DUET_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
+    #[arg(long, env = "DUET_LOG", default_value = "warn")]
+    log: String,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +250,78 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    use duet::eval::{self, EvalOptions, EvalReport};
+    let options = EvalOptions {
+        data: args.data.clone(),
+        max_docs: args.max_docs,
+        max_queries: args.max_queries,
+        ks: args.k.clone(),
+        seed: args.seed,
+    };
+    let (documents, total, pairs) = eval::load(&options)?;
+    let set = args.data.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "data".into());
+    let cache = args.out.join("cache").join(format!(
+        "{set}-{}-{}.db",
+        args.max_docs.map_or("all".into(), |n| n.to_string()),
+        args.seed
+    ));
+    let config = Config {
+        store: cache,
+        onnxruntime: args.onnxruntime.clone(),
+        models: args
+            .models
+            .iter()
+            .map(|m| ModelEntry {
+                path: eval::model_dir(m, &args.models_dir),
+                // Always build the graph, whatever the sample size, so HNSW is measured against exact search.
+                index: duet::index::IndexParams { exact_below: 0, ..Default::default() },
+                encoder: None,
+            })
+            .collect(),
+        ..Config::default()
+    };
+    config.validate()?;
+    let engine = duet::engine::Engine::open(&config).await?;
+    engine.prepare_indexes().await?;
+    eprintln!("{set}: {} of {total} documents, {} pairs", documents.len(), pairs.len());
+    let bar = ProgressBar::new(documents.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} encoding [{elapsed_precise}] {wide_bar} {pos}/{len} docs ({per_sec})")
+            .expect("valid template"),
+    );
+    let mut report = duet::corpus::ImportReport::default();
+    for chunk in documents.chunks(32) {
+        duet::corpus::write_batch(&engine, chunk.to_vec(), &mut report).await?;
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish();
+    eprintln!("{} documents encoded, {} already cached", report.upserted, report.unchanged);
+    let bar = ProgressBar::new((pairs.len() * 2 * args.models.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} searching [{elapsed_precise}] {wide_bar} {pos}/{len}")
+            .expect("valid template"),
+    );
+    let scores = eval::score(&engine, &pairs, &args.k, |_, _| bar.inc(1)).await?;
+    bar.finish();
+    let queries = scores.first().map(|s| s.queries).unwrap_or(0);
+    let report = EvalReport {
+        data: args.data.display().to_string(),
+        corpus_documents: documents.len(),
+        corpus_total: total,
+        queries,
+        seed: args.seed,
+        scores,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
+    let md = eval::markdown(&report);
+    std::fs::write(args.out.join("report.md"), &md)?;
+    println!("{md}");
+    engine.close().await;
+    Ok(())
+}
+
 fn mine_python(args: MinePythonArgs) -> anyhow::Result<()> {
     let src = match args.src {
         Some(src) => src,
@@ -281,6 +387,10 @@ async fn main() -> anyhow::Result<()> {
             import(args).await
         }
         Command::Verify(args) => verify(args),
+        Command::Eval(args) => {
+            init_logging(&args.log);
+            eval(args).await
+        }
         Command::Mine(MineCommand::PythonDocstrings(args)) => mine_python(args),
     }
 }
