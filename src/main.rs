@@ -91,6 +91,9 @@ struct MinePythonArgs {
     /// Keep functions that look like tests (test_* names, files under test/ or tests/).
     #[arg(long, env = "DUET_MINE_KEEP_TESTS")]
     keep_tests: bool,
+    /// Keep at most this many documents (a seeded sample, with their pairs).
+    #[arg(long, env = "DUET_MINE_MAX_DOCUMENTS")]
+    max_documents: Option<usize>,
 }
 
 #[derive(Args)]
@@ -332,6 +335,7 @@ fn mine_python(args: MinePythonArgs) -> anyhow::Result<()> {
         seed: args.seed,
         test_fraction: args.test_fraction,
         skip_tests: !args.keep_tests,
+        max_documents: args.max_documents,
         ..Default::default()
     };
     let bar = ProgressBar::new(0);

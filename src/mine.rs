@@ -39,6 +39,8 @@ pub struct MineOptions {
     pub max_query_words: usize,
     /// Skip functions and files that look like tests.
     pub skip_tests: bool,
+    /// Keep at most this many documents (a seeded sample, with their pairs).
+    pub max_documents: Option<usize>,
 }
 
 impl Default for MineOptions {
@@ -51,6 +53,7 @@ impl Default for MineOptions {
             min_query_words: 3,
             max_query_words: 64,
             skip_tests: true,
+            max_documents: None,
         }
     }
 }
@@ -311,6 +314,17 @@ pub fn mine_python_docstrings(
             kept.push((f, test));
         }
     }
+    if let Some(max) = options.max_documents.filter(|&max| max < kept.len()) {
+        let order =
+            |id: &str| Sha256::new().chain_update(options.seed.to_le_bytes()).chain_update(id.as_bytes()).finalize();
+        let mut sample: Vec<(Vec<u8>, usize)> =
+            kept.iter().enumerate().map(|(i, (f, _))| (order(&f.id).to_vec(), i)).collect();
+        sample.sort();
+        let keep: HashSet<usize> = sample.into_iter().take(max).map(|(_, i)| i).collect();
+        kept = kept.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, k)| k).collect();
+        train_files = kept.iter().filter(|(_, t)| !t).map(|(f, _)| f.path.clone()).collect();
+        test_files = kept.iter().filter(|(_, t)| *t).map(|(f, _)| f.path.clone()).collect();
+    }
     std::fs::create_dir_all(out)
         .map_err(|e| MineError::Write { path: out.display().to_string(), message: e.to_string() })?;
     let open = |name: &str| {
@@ -471,5 +485,10 @@ def fmt():
         let ids: HashSet<&str> = corpus.iter().map(|d| d["id"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), 80, "ids are unique");
         assert_eq!(corpus[0]["metadata"]["language"], "python");
+
+        let small = tempfile::tempdir().unwrap();
+        let options = MineOptions { max_documents: Some(10), ..MineOptions::default() };
+        let stats = mine_python_docstrings(src.path(), small.path(), &options, |_, _| {}).unwrap();
+        assert_eq!((stats.documents, stats.train_pairs + stats.test_pairs), (10, 10));
     }
 }
