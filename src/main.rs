@@ -28,12 +28,38 @@ enum Command {
     /// Check a model folder against its reference vectors (reference.json): Duet's tokenizer, ONNX Runtime and
     /// pooling must reproduce them (cosine >= min_cosine), batched and one by one.
     Verify(VerifyArgs),
+    /// Measure a model's encoding throughput on a corpus (documents per second, by batch size and threads).
+    BenchEncode(BenchEncodeArgs),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
     Eval(EvalArgs),
     /// Mine (query, result) pairs from source code into corpus.jsonl, train.jsonl, test.jsonl and stats.json.
     #[command(subcommand)]
     Mine(MineCommand),
+}
+
+#[derive(Args)]
+struct BenchEncodeArgs {
+    /// Model folder (holding model.toml).
+    #[arg(long, env = "DUET_BENCH_MODEL")]
+    model: PathBuf,
+    /// JSONL corpus ({"id","text"} per line); the first --limit documents are encoded.
+    #[arg(long, env = "DUET_BENCH_CORPUS")]
+    corpus: PathBuf,
+    #[arg(long, env = "DUET_BENCH_LIMIT", default_value_t = 256)]
+    limit: usize,
+    /// Texts per inference call.
+    #[arg(long, env = "DUET_BENCH_BATCH", default_value_t = 32)]
+    batch: usize,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, env = "DUET_BENCH_THREADS", default_value_t = 2)]
+    threads: usize,
+    /// Which side (tower or prefix) to encode with.
+    #[arg(long, env = "DUET_BENCH_SIDE", default_value = "document")]
+    side: String,
+    /// Path of libonnxruntime (after ORT_DYLIB_PATH; default: the project's .venv).
+    #[arg(long, env = "DUET_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -253,6 +279,47 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bench_encode(args: BenchEncodeArgs) -> anyhow::Result<()> {
+    use duet::encoder::{onnx, runtime, Manifest, Side};
+    let side = match args.side.as_str() {
+        "query" => Side::Query,
+        "document" => Side::Document,
+        other => anyhow::bail!("--side is query or document, not {other:?}"),
+    };
+    let texts: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(&args.corpus)?))
+        .filter_map(|l| l.ok())
+        .filter(|l| !l.trim().is_empty())
+        .take(args.limit)
+        .map(|l| Ok(serde_json::from_str::<serde_json::Value>(&l)?["text"].as_str().unwrap_or_default().to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!texts.is_empty(), "no documents in {}", args.corpus.display());
+    let resolved = Manifest::load(&args.model)?;
+    let env = runtime::environment(args.onnxruntime.as_deref())?;
+    let encoder = onnx::load(&resolved, env, onnx::SessionOptions { intra_threads: args.threads })?;
+    // One warm-up batch, then the timed pass.
+    encoder.encode(&texts[..texts.len().min(args.batch)], side)?;
+    let started = std::time::Instant::now();
+    let mut truncated = 0;
+    for chunk in texts.chunks(args.batch.max(1)) {
+        truncated += encoder.encode(chunk, side)?.truncated_count();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
+    println!(
+        "{}: {} texts ({} chars on average, {} truncated at {} tokens), batch {}, {} threads: {:.1} texts/s, {:.0} ms per batch",
+        encoder.info().name,
+        texts.len(),
+        chars / texts.len(),
+        truncated,
+        encoder.info().max_tokens,
+        args.batch,
+        args.threads,
+        texts.len() as f64 / seconds,
+        seconds * 1e3 / texts.len().div_ceil(args.batch.max(1)) as f64
+    );
+    Ok(())
+}
+
 async fn eval(args: EvalArgs) -> anyhow::Result<()> {
     use duet::eval::{self, EvalOptions, EvalReport};
     let options = EvalOptions {
@@ -391,6 +458,7 @@ async fn main() -> anyhow::Result<()> {
             import(args).await
         }
         Command::Verify(args) => verify(args),
+        Command::BenchEncode(args) => bench_encode(args),
         Command::Eval(args) => {
             init_logging(&args.log);
             eval(args).await
