@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,6 @@ class ModelSpec:
     query_prefix: str = ""
     document_prefix: str = ""
     normalize: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 MODELS = [

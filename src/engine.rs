@@ -289,7 +289,12 @@ impl Engine {
         self.update_gauges(model);
         if model.index.needs_rebuild() {
             let index = model.index.clone();
-            tokio::task::spawn_blocking(move || index.rebuild_graph());
+            let gauge = self.metrics.index_deleted.with_label_values(&[model.info.name.as_str()]);
+            tokio::task::spawn_blocking(move || {
+                if index.rebuild_graph() {
+                    gauge.set(index.dead_in_graph() as i64);
+                }
+            });
         }
     }
 

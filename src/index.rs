@@ -223,6 +223,22 @@ impl VectorIndex {
         if self.rebuilding.swap(true, Ordering::AcqRel) {
             return false;
         }
+        // Writes made while a rebuild runs may call for another one, which they could not start themselves.
+        loop {
+            self.rebuild_once();
+            if !self.needs_rebuild() {
+                break;
+            }
+        }
+        self.rebuilding.store(false, Ordering::Release);
+        if self.needs_rebuild() {
+            // A write slipped in between the last check and the reset of the flag.
+            self.rebuild_graph();
+        }
+        true
+    }
+
+    fn rebuild_once(&self) {
         let (snapshot_len, rows): (usize, Vec<(Vec<f32>, usize)>) = {
             let inner = self.inner.read();
             let rows = (0..inner.ids.len())
@@ -234,22 +250,18 @@ impl VectorIndex {
         let graph = self.new_graph(rows.len());
         let refs: Vec<(&[f32], usize)> = rows.iter().map(|(v, s)| (v.as_slice(), *s)).collect();
         graph.parallel_insert_slice(&refs);
-        {
-            let mut inner = self.inner.write();
-            let inner = &mut *inner;
-            let total = inner.ids.len();
-            for s in snapshot_len..total {
-                if inner.alive[s] {
-                    graph.insert_slice((&inner.vectors[s * self.dim..(s + 1) * self.dim], s));
-                }
+        let mut inner = self.inner.write();
+        let inner = &mut *inner;
+        let total = inner.ids.len();
+        for s in snapshot_len..total {
+            if inner.alive[s] {
+                graph.insert_slice((&inner.vectors[s * self.dim..(s + 1) * self.dim], s));
             }
-            // Slots alive at the snapshot but dead now are the only dead entries of the new graph.
-            inner.dead_in_graph = rows.iter().filter(|(_, s)| !inner.alive[*s]).count();
-            inner.graph = Some(graph);
-            inner.graph_covers = total;
         }
-        self.rebuilding.store(false, Ordering::Release);
-        true
+        // Slots alive at the snapshot but dead now are the only dead entries of the new graph.
+        inner.dead_in_graph = rows.iter().filter(|(_, s)| !inner.alive[*s]).count();
+        inner.graph = Some(graph);
+        inner.graph_covers = total;
     }
 
     fn new_graph(&self, expected: usize) -> Graph {

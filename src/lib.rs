@@ -6,6 +6,7 @@
 //! [`index`] (HNSW or exact search per model) → [`store`] (documents and embeddings in SQL).
 //! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora,
 //! [`mine`] mines (query, result) pairs from source code, [`eval`] scores models on held-out pairs, and [`server`] wires it all to a listening socket.
+//! [`train`] trains a two-tower model from (query, result) pairs and exports both towers to ONNX.
 
 pub mod api;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod metrics;
 pub mod mine;
 pub mod server;
 pub mod store;
+pub mod train;

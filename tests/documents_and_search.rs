@@ -175,3 +175,61 @@ async fn models_describe_themselves_and_embed_uses_the_right_tower() {
     assert_ne!(q["embeddings"], d["embeddings"]);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hnsw_serving_sees_writes_at_once_and_ef_is_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("duet.db"));
+    for model in &mut config.models {
+        model.index.exact_below = 20;
+        model.index.rebuild_dead_fraction = 0.0;
+    }
+    let server = TestServer::start(config).await;
+    let (status, _) = server.post("/v1/documents", &json!({"documents": sample_corpus()})).await;
+    assert_eq!(status, 200);
+    // The graph is built in the background once the index passes exact_below; until then search is exact.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, models) = server.get("/v1/models").await;
+        if models["models"].as_array().unwrap().iter().all(|m| m["index"]["has_graph"] == true) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "graphs not built: {models}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for model in MODELS {
+        let (_, body) = server
+            .post("/v1/search", &json!({"query": "generate a new ssh key pair for logging in to a server", "k": 3, "model": model, "ef": 40}))
+            .await;
+        assert_eq!(body["method"], "hnsw", "{body}");
+        assert_eq!(body["ef"], 40);
+        assert_eq!(ids(&body)[0], "sh-ssh-key");
+        let (_, exact) = server
+            .post("/v1/search", &json!({"query": "generate a new ssh key pair for logging in to a server", "k": 3, "model": model, "exact": true}))
+            .await;
+        assert_eq!(exact["method"], "exact");
+        assert_eq!(ids(&exact)[0], "sh-ssh-key");
+    }
+    // A delete is filtered out of HNSW results at once; dead entries past the threshold (here: any) trigger a
+    // background rebuild, also when they arrive while another rebuild runs.
+    assert_eq!(server.delete("/v1/documents/sh-ssh-key").await, 204);
+    for model in MODELS {
+        let body = search(&server, model, "generate a new ssh key pair for logging in to a server", 49).await;
+        assert_eq!(body["method"], "hnsw");
+        assert!(!ids(&body).contains(&"sh-ssh-key".to_string()), "{model}");
+    }
+    for id in ["sh-cron", "sh-git-undo", "sh-git-branch"] {
+        assert_eq!(server.delete(&format!("/v1/documents/{id}")).await, 204);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, models) = server.get("/v1/models").await;
+        if models["models"].as_array().unwrap().iter().all(|m| m["index"]["dead_entries"] == 0 && m["documents"] == 46)
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "dead entries not rebuilt away: {models}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

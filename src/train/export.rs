@@ -1,0 +1,178 @@
+//! Writes a trained tower as an ONNX graph (opset 17, IR version 8) with `onnx-rs`, no Python involved.
+//!
+//! Inputs `input_ids` and `attention_mask` (int64 `[batch, seq]`, right or left padding alike); output
+//! `sentence_embedding` (float `[batch, dimension]`, L2-normalised). The graph is the trainer's forward pass on
+//! padded input: Gather → masked mean (or masked softmax attention) → Gemm (Tanh between layers) → x / max(‖x‖, ε).
+
+use std::path::Path;
+
+use onnx_rs::ast::{
+    Attribute, AttributeType, DataType, Dimension, Graph, Model, Node, OpType, OperatorSetId, TensorProto, TensorShape,
+    TensorShapeDimension, TensorTypeProto, TypeProto, TypeValue, ValueInfo,
+};
+
+use super::model::{Tower, NORM_EPS};
+use super::TrainError;
+
+/// ONNX IR version written (ONNX Runtime 1.31 reads up to 13).
+pub const IR_VERSION: i64 = 8;
+pub const OPSET: i64 = 17;
+
+fn value_info<'a>(name: &'a str, elem_type: DataType, dims: &[Dimension<'a>]) -> ValueInfo<'a> {
+    ValueInfo {
+        name,
+        r#type: Some(TypeProto {
+            value: Some(TypeValue::Tensor(TensorTypeProto {
+                elem_type,
+                shape: Some(TensorShape {
+                    dim: dims.iter().map(|d| TensorShapeDimension { value: d.clone(), ..Default::default() }).collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node<'a>(op: OpType<'a>, inputs: &[&'a str], output: &'a str, attribute: Vec<Attribute<'a>>) -> Node<'a> {
+    Node { name: output, op_type: op, input: inputs.to_vec(), output: vec![output], attribute, ..Default::default() }
+}
+
+fn int_attr(name: &str, value: i64) -> Attribute<'_> {
+    Attribute { name, r#type: AttributeType::Int, i: value, ..Default::default() }
+}
+
+fn weights(var: &candle_core::Var) -> Result<(Vec<i64>, Vec<f32>), TrainError> {
+    let t = var.as_tensor();
+    let dims = t.dims().iter().map(|&d| d as i64).collect();
+    let data = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok((dims, data))
+}
+
+const LAYER_NAMES: [(&str, &str, &str, &str); 2] = [
+    ("layer0.weight", "layer0.bias", "layer0", "layer0.tanh"),
+    ("layer1.weight", "layer1.bias", "layer1", "layer1.tanh"),
+];
+
+/// The ONNX bytes of one tower.
+pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
+    if tower.layers.len() > LAYER_NAMES.len() {
+        return Err(TrainError::Export(format!("at most {} layers can be exported", LAYER_NAMES.len())));
+    }
+    let mut initializer = Vec::new();
+    let (dims, data) = weights(&tower.embedding)?;
+    initializer.push(TensorProto::from_f32("embedding", dims, data));
+    initializer.push(TensorProto::from_i64("axis1", vec![1], vec![1]));
+    initializer.push(TensorProto::from_i64("axis2", vec![1], vec![2]));
+    initializer.push(TensorProto::from_f32("one", vec![], vec![1.0]));
+    initializer.push(TensorProto::from_f32("eps", vec![], vec![NORM_EPS as f32]));
+
+    let mut nodes = vec![
+        node(OpType::Gather, &["embedding", "input_ids"], "tokens", vec![int_attr("axis", 0)]),
+        node(OpType::Cast, &["attention_mask"], "mask", vec![int_attr("to", 1)]),
+        node(OpType::Unsqueeze, &["mask", "axis2"], "mask3", vec![]),
+    ];
+    match &tower.attention {
+        None => nodes.extend([
+            node(OpType::Mul, &["tokens", "mask3"], "masked", vec![]),
+            node(OpType::ReduceSum, &["masked", "axis1"], "summed", vec![int_attr("keepdims", 0)]),
+            node(OpType::ReduceSum, &["mask3", "axis1"], "count", vec![int_attr("keepdims", 0)]),
+            node(OpType::Max, &["count", "one"], "count1", vec![]),
+            node(OpType::Div, &["summed", "count1"], "pooled", vec![]),
+        ]),
+        Some(w) => {
+            let (dims, data) = weights(w)?;
+            initializer.push(TensorProto::from_f32("attention.weight", dims, data));
+            initializer.push(TensorProto::from_f32("big", vec![], vec![1e9]));
+            nodes.extend([
+                node(OpType::MatMul, &["tokens", "attention.weight"], "scores", vec![]),
+                // 0 for tokens, -1e9 for padding.
+                node(OpType::Sub, &["mask3", "one"], "mask_minus_one", vec![]),
+                node(OpType::Mul, &["mask_minus_one", "big"], "penalty", vec![]),
+                node(OpType::Add, &["scores", "penalty"], "masked_scores", vec![]),
+                node(OpType::Softmax, &["masked_scores"], "softmax", vec![int_attr("axis", 1)]),
+                // An all-padding row (an empty text) pools to zero, as in training.
+                node(OpType::Mul, &["softmax", "mask3"], "weights", vec![]),
+                node(OpType::Mul, &["tokens", "weights"], "weighted", vec![]),
+                node(OpType::ReduceSum, &["weighted", "axis1"], "pooled", vec![int_attr("keepdims", 0)]),
+            ]);
+        }
+    }
+    let mut current = "pooled";
+    let last = tower.layers.len() - 1;
+    for (i, (w, b)) in tower.layers.iter().enumerate() {
+        let (w_name, b_name, out, tanh) = LAYER_NAMES[i];
+        let (dims, data) = weights(w)?;
+        initializer.push(TensorProto::from_f32(w_name, dims, data));
+        let (dims, data) = weights(b)?;
+        initializer.push(TensorProto::from_f32(b_name, dims, data));
+        nodes.push(node(OpType::Gemm, &[current, w_name, b_name], out, vec![int_attr("transB", 1)]));
+        current = out;
+        if i < last {
+            nodes.push(node(OpType::Tanh, &[current], tanh, vec![]));
+            current = tanh;
+        }
+    }
+    nodes.extend([
+        node(OpType::Mul, &[current, current], "squares", vec![]),
+        node(OpType::ReduceSum, &["squares", "axis1"], "sum_squares", vec![int_attr("keepdims", 1)]),
+        node(OpType::Sqrt, &["sum_squares"], "norm", vec![]),
+        node(OpType::Max, &["norm", "eps"], "norm_eps", vec![]),
+        node(OpType::Div, &[current, "norm_eps"], "sentence_embedding", vec![]),
+    ]);
+
+    let batch_seq = [Dimension::Param("batch"), Dimension::Param("sequence")];
+    let model = Model {
+        ir_version: IR_VERSION,
+        producer_name: "duet-train",
+        producer_version: env!("CARGO_PKG_VERSION"),
+        doc_string: doc,
+        opset_import: vec![OperatorSetId { domain: "", version: OPSET }],
+        graph: Some(Graph {
+            name: "tower",
+            node: nodes,
+            initializer,
+            input: vec![
+                value_info("input_ids", DataType::Int64, &batch_seq),
+                value_info("attention_mask", DataType::Int64, &batch_seq),
+            ],
+            output: vec![value_info(
+                "sentence_embedding",
+                DataType::Float,
+                &[Dimension::Param("batch"), Dimension::Value(tower.shape.output as i64)],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Ok(onnx_rs::encode(&model))
+}
+
+/// Writes `bytes` to `path`.
+pub fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    std::fs::write(path, bytes)
+        .map_err(|e| TrainError::Write { path: path.display().to_string(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::model::{TowerPooling, TowerShape};
+    use crate::train::rng::Rng;
+
+    #[test]
+    fn the_graph_parses_back_with_the_serving_names() {
+        for (pooling, hidden) in [(TowerPooling::Mean, 0), (TowerPooling::Attention, 5)] {
+            let shape = TowerShape { vocab: 10, embedding: 4, hidden, output: 3, pooling };
+            let tower = Tower::new(shape, &mut Rng::new(2), &candle_core::Device::Cpu).unwrap();
+            let bytes = tower_to_onnx(&tower, "test").unwrap();
+            let model = onnx_rs::parse(&bytes).unwrap();
+            assert_eq!(model.ir_version, IR_VERSION);
+            let graph = model.graph.unwrap();
+            let inputs: Vec<&str> = graph.input.iter().map(|i| i.name).collect();
+            assert_eq!(inputs, ["input_ids", "attention_mask"]);
+            assert_eq!(graph.output[0].name, "sentence_embedding");
+            assert_eq!(graph.node.iter().filter(|n| n.op_type == OpType::Gemm).count(), tower.layers.len());
+        }
+    }
+}
