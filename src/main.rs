@@ -36,6 +36,69 @@ enum Command {
     /// Mine (query, result) pairs from source code into corpus.jsonl, train.jsonl, test.jsonl and stats.json.
     #[command(subcommand)]
     Mine(MineCommand),
+    /// Train a two-tower model on (query, result) pairs and write a model folder `duet serve` loads: query.onnx,
+    /// document.onnx, tokenizer.json, model.toml, and report.json (validation recall@10 and MRR@10, speed).
+    /// Hyper-parameters come from --config, then the flags below; the test split is never read.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Training pairs, JSONL {"query","doc_id"} per line (a seeded slice is held out for validation).
+    #[arg(long, env = "DUET_TRAIN_PAIRS")]
+    pairs: PathBuf,
+    /// Corpus, JSONL {"id","text"} per line (documents of the pairs, and tokenizer training text).
+    #[arg(long, env = "DUET_TRAIN_CORPUS")]
+    corpus: PathBuf,
+    /// Model folder to write, e.g. models/two-tower.
+    #[arg(long, env = "DUET_TRAIN_OUT")]
+    out: PathBuf,
+    /// Hyper-parameters (TOML; keys as in report.json's `config`, every key optional).
+    #[arg(long, env = "DUET_TRAIN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Model name in model.toml (default: the output folder's name).
+    #[arg(long, env = "DUET_TRAIN_NAME")]
+    name: Option<String>,
+    /// One tower (one set of weights) for queries and documents.
+    #[arg(long, env = "DUET_TRAIN_SHARED_TOWERS")]
+    shared_towers: bool,
+    /// Pooling of token embeddings: mean, or attention (a learned weight per token).
+    #[arg(long, env = "DUET_TRAIN_POOLING", value_enum)]
+    pooling: Option<duet::train::model::TowerPooling>,
+    /// BPE vocabulary size (config default 16000).
+    #[arg(long, env = "DUET_TRAIN_VOCAB_SIZE")]
+    vocab_size: Option<usize>,
+    /// Tokens kept per text, in training and serving (config default 128).
+    #[arg(long, env = "DUET_TRAIN_MAX_TOKENS")]
+    max_tokens: Option<usize>,
+    /// Token embedding width (config default 256).
+    #[arg(long, env = "DUET_TRAIN_EMBEDDING_DIM")]
+    embedding_dim: Option<usize>,
+    /// Hidden layer width after pooling, 0 for one linear layer (config default 0).
+    #[arg(long, env = "DUET_TRAIN_HIDDEN_DIM")]
+    hidden_dim: Option<usize>,
+    /// Output vector width (config default 256).
+    #[arg(long, env = "DUET_TRAIN_OUTPUT_DIM")]
+    output_dim: Option<usize>,
+    /// Softmax temperature of the InfoNCE loss (config default 0.05).
+    #[arg(long, env = "DUET_TRAIN_TEMPERATURE")]
+    temperature: Option<f64>,
+    /// Pairs per batch; the other pairs of a batch are the negatives (config default 256).
+    #[arg(long, env = "DUET_TRAIN_BATCH_SIZE")]
+    batch_size: Option<usize>,
+    /// Most epochs (training stops earlier when validation MRR@10 stops improving; config default 10).
+    #[arg(long, env = "DUET_TRAIN_EPOCHS")]
+    epochs: Option<usize>,
+    /// Peak AdamW learning rate, after warm-up (config default 0.002).
+    #[arg(long, env = "DUET_TRAIN_LEARNING_RATE")]
+    learning_rate: Option<f64>,
+    /// Seed of the validation split, initialisation and shuffling (config default 42).
+    #[arg(long, env = "DUET_TRAIN_SEED")]
+    seed: Option<u64>,
+    /// Compute threads (default: RAYON_NUM_THREADS, else every core); results are reproducible for a given seed
+    /// and thread count.
+    #[arg(long, env = "DUET_TRAIN_THREADS")]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -420,6 +483,63 @@ fn mine_python(args: MinePythonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    use duet::train::{Progress, TrainConfig, TrainOptions};
+    if let Some(threads) = args.threads {
+        anyhow::ensure!(threads > 0, "--threads must be positive");
+        // Read by candle and rayon when their thread pools start, which has not happened yet.
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+    let mut config = match &args.config {
+        Some(path) => TrainConfig::from_file(path)?,
+        None => TrainConfig::default(),
+    };
+    config.shared_towers |= args.shared_towers;
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field { config.$field = v; } )* };
+    }
+    set!(pooling, vocab_size, max_tokens, embedding_dim, hidden_dim, output_dim, temperature, batch_size, epochs);
+    set!(learning_rate, seed);
+    let options =
+        TrainOptions { pairs: args.pairs, corpus: args.corpus, out: args.out.clone(), name: args.name, config };
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
+    let trained = duet::train::train(&options, &mut |event| match event {
+        Progress::Phase(phase) => bar.set_message(phase),
+        Progress::Start { steps, train_pairs, validation_pairs } => {
+            bar.set_length(steps as u64);
+            bar.println(format!("{train_pairs} training pairs, {validation_pairs} held out for validation"));
+        }
+        Progress::Step { step, epoch, loss, pairs_per_second } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!("epoch {epoch} loss {loss:.3} {pairs_per_second:.0} pairs/s"));
+        }
+        Progress::Epoch(e) => bar.println(format!(
+            "epoch {}: loss {:.3}, validation recall@10 {:.3} MRR@10 {:.3} ({:.1} s)",
+            e.epoch, e.mean_loss, e.validation_recall_at_10, e.validation_mrr_at_10, e.seconds
+        )),
+    })?;
+    bar.finish_and_clear();
+    let r = &trained.report;
+    eprintln!(
+        "{}: best epoch {} of {}, validation recall@10 {:.3} MRR@10 {:.3} (chance {:.4}), {} parameters, \
+         {:.0} pairs/s, {:.1} s in all",
+        args.out.display(),
+        r.best_epoch,
+        r.epochs_run,
+        r.validation_recall_at_10,
+        r.validation_mrr_at_10,
+        r.validation_recall_at_10_chance,
+        r.parameters,
+        r.pairs_per_second,
+        r.total_seconds
+    );
+    Ok(())
+}
+
 fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let report = duet::encoder::verify::verify(&args.model, args.reference.as_deref(), args.onnxruntime.as_deref())
         .map_err(|e| anyhow::anyhow!(e))?;
@@ -464,5 +584,6 @@ async fn main() -> anyhow::Result<()> {
             eval(args).await
         }
         Command::Mine(MineCommand::PythonDocstrings(args)) => mine_python(args),
+        Command::Train(args) => train(args),
     }
 }

@@ -69,6 +69,8 @@ pub struct TrainConfig {
     pub pooling: TowerPooling,
     /// One tower for both sides.
     pub shared_towers: bool,
+    /// Separate towers start from the same random weights (see [`TwoTower::new`]).
+    pub same_start: bool,
     /// Softmax temperature of the InfoNCE loss.
     pub temperature: f64,
     /// Add the documents → queries direction to the loss.
@@ -101,6 +103,7 @@ impl Default for TrainConfig {
             output_dim: 256,
             pooling: TowerPooling::Mean,
             shared_towers: false,
+            same_start: true,
             temperature: 0.05,
             symmetric_loss: true,
             batch_size: 256,
@@ -405,7 +408,7 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
         output: config.output_dim,
         pooling: config.pooling,
     };
-    let model = TwoTower::new(shape, config.shared_towers, &mut rng, &device)?;
+    let model = TwoTower::new(shape, config.shared_towers, config.same_start, &mut rng, &device)?;
     let mut optimizer = AdamW::new(
         model.vars(),
         ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
@@ -496,7 +499,8 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
     let out = &options.out;
     std::fs::create_dir_all(out)
         .map_err(|e| TrainError::Write { path: out.display().to_string(), message: e.to_string() })?;
-    let doc = format!("duet two-tower {name}: {{}} tower");
+    let doc =
+        if config.shared_towers { "duet two-tower model: shared tower" } else { "duet two-tower model: {} tower" };
     export::write(&out.join("query.onnx"), &export::tower_to_onnx(&best_model.query, &doc.replace("{}", "query"))?)?;
     export::write(
         &out.join("document.onnx"),

@@ -12,7 +12,7 @@ use super::rng::Rng;
 use super::TrainError;
 
 /// How a tower turns token vectors into one vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum TowerPooling {
     /// Mean of the token embeddings.
@@ -175,9 +175,21 @@ pub struct TwoTower {
 }
 
 impl TwoTower {
-    pub fn new(shape: TowerShape, shared: bool, rng: &mut Rng, device: &Device) -> Result<Self, TrainError> {
+    /// With `same_start`, separate towers start from the same weights: a token no training pair contains keeps
+    /// the same vector on both sides, so it still matches itself (with independent starts it is noise).
+    pub fn new(
+        shape: TowerShape,
+        shared: bool,
+        same_start: bool,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         let query = Tower::new(shape, rng, device)?;
-        let document = if shared { None } else { Some(Tower::new(shape, rng, device)?) };
+        let document = match (shared, same_start) {
+            (true, _) => None,
+            (false, true) => Some(query.snapshot()?),
+            (false, false) => Some(Tower::new(shape, rng, device)?),
+        };
         Ok(Self { query, document })
     }
 
@@ -275,10 +287,12 @@ mod tests {
             for (x, y) in together[0].iter().zip(&alone[0]) {
                 assert!((x - y).abs() < 1e-6);
             }
-            for row in &together {
+            for row in &together[..2] {
                 let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
                 assert!((norm - 1.0).abs() < 1e-5, "{norm}");
             }
+            // An empty text pools to zero; with the initial zero biases its vector stays zero, never NaN.
+            assert!(together[2].iter().all(|x| *x == 0.0), "{:?}", together[2]);
         }
     }
 

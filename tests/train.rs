@@ -1,0 +1,125 @@
+//! `duet train` on a small synthetic pair set: the model learns (validation recall far above chance), the
+//! exported ONNX towers reproduce the trainer's forward pass through Duet's own serving path, and training is
+//! deterministic for a seed.
+
+use std::path::Path;
+
+use duet::encoder::{onnx::SessionOptions, Manifest, Side};
+use duet::train::model::TowerPooling;
+use duet::train::{train, TrainConfig, TrainOptions, Trained};
+
+/// Each document is a snake_case/camelCase "function" named after two words of a small pool (each pair of words
+/// once) plus filler every document shares; its query names the same two words in plain English with other
+/// filler. Only the two words link a query to its document.
+fn write_pairs(dir: &Path, n: usize) {
+    let syllables = ["ka", "lo", "mi", "nu", "pe", "ri", "so", "tu"];
+    let words: Vec<String> = (0..40)
+        .map(|i| format!("{}{}{}", syllables[i % 8], syllables[(i / 8) % 8], syllables[(i * 3 + 1) % 8]))
+        .collect();
+    let mut corpus = String::new();
+    let mut pairs = String::new();
+    for i in 0..n {
+        let (w1, w2) = (&words[i % 40], &words[(i / 40 + 1 + i % 40) % 40]);
+        let mut cap = w2.clone();
+        cap[..1].make_ascii_uppercase();
+        let doc = format!("def get_{w1}{cap}(self, value):\n    return self.data[value]");
+        let query = format!("return the {w1} of a {w2} from the data");
+        corpus.push_str(&serde_json::json!({"id": format!("d{i}"), "text": doc}).to_string());
+        corpus.push('\n');
+        pairs.push_str(&serde_json::json!({"query": query, "doc_id": format!("d{i}")}).to_string());
+        pairs.push('\n');
+    }
+    std::fs::write(dir.join("corpus.jsonl"), corpus).unwrap();
+    std::fs::write(dir.join("train.jsonl"), pairs).unwrap();
+}
+
+fn config(pooling: TowerPooling) -> TrainConfig {
+    TrainConfig {
+        vocab_size: 600,
+        min_frequency: 1,
+        embedding_dim: 32,
+        hidden_dim: if pooling == TowerPooling::Attention { 24 } else { 0 },
+        output_dim: 16,
+        pooling,
+        batch_size: 32,
+        epochs: 8,
+        learning_rate: 1e-2,
+        validation_fraction: 0.2,
+        validation_candidates: 1000,
+        patience: 8,
+        ..Default::default()
+    }
+}
+
+fn run(dir: &Path, out: &str, config: TrainConfig) -> Trained {
+    let options = TrainOptions {
+        pairs: dir.join("train.jsonl"),
+        corpus: dir.join("corpus.jsonl"),
+        out: dir.join(out),
+        name: None,
+        config,
+    };
+    train(&options, &mut |_| {}).expect("training succeeds")
+}
+
+/// Max |trainer - ONNX| over a batch with padding (texts of very different lengths, one empty, one cut).
+fn export_difference(dir: &Path, trained: &Trained) -> f32 {
+    let long = "value ".repeat(400);
+    let texts = ["return the kaloka of a mimi", "x", "", long.as_str(), "def get_loKaRi(self): return 3"];
+    let resolved = Manifest::load(dir).expect("the manifest loads");
+    let env = duet::encoder::runtime::environment(None).expect("ONNX Runtime is installed (scripts/setup)");
+    let encoder = duet::encoder::onnx::load(&resolved, env, SessionOptions::default()).expect("the towers load");
+    let mut worst = 0f32;
+    for side in [Side::Query, Side::Document] {
+        let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
+        let served = encoder.encode(&owned, side).unwrap();
+        assert_eq!(served.truncated, [false, false, false, true, false]);
+        let expected = trained.encode(&texts, side).unwrap();
+        for (a, b) in served.vectors.iter().zip(&expected) {
+            assert_eq!(a.len(), b.len());
+            for (x, y) in a.iter().zip(b) {
+                worst = worst.max((x - y).abs());
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn a_tiny_model_learns_and_its_onnx_towers_match_the_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(dir.path(), 400);
+    for (pooling, out) in [(TowerPooling::Mean, "mean"), (TowerPooling::Attention, "attention")] {
+        let trained = run(dir.path(), out, config(pooling));
+        let r = &trained.report;
+        assert_eq!(r.validation_pairs, 80);
+        assert_eq!(r.validation_candidates, 400);
+        // Chance is 10/400 = 0.025.
+        assert!(r.validation_recall_at_10 > 0.5, "{pooling:?}: {r:?}");
+        assert!(r.validation_mrr_at_10 > 0.3, "{pooling:?}: {r:?}");
+        let model = dir.path().join(out);
+        for file in ["query.onnx", "document.onnx", "tokenizer.json", "model.toml", "report.json"] {
+            assert!(model.join(file).is_file(), "{file}");
+        }
+        let diff = export_difference(&model, &trained);
+        assert!(diff <= 1e-5, "{pooling:?}: ONNX differs from the trainer by {diff}");
+    }
+}
+
+#[test]
+fn training_is_deterministic_for_a_seed_and_towers_can_be_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(dir.path(), 120);
+    let quick = TrainConfig { epochs: 2, shared_towers: true, ..config(TowerPooling::Mean) };
+    let a = run(dir.path(), "a", quick.clone());
+    let b = run(dir.path(), "b", quick.clone());
+    run(dir.path(), "c", TrainConfig { seed: 7, ..quick });
+    let read = |name: &str, file: &str| std::fs::read(dir.path().join(name).join(file)).unwrap();
+    for file in ["query.onnx", "document.onnx", "tokenizer.json"] {
+        assert!(read("a", file) == read("b", file), "{file} differs between runs with the same seed");
+    }
+    assert!(read("a", "query.onnx") != read("c", "query.onnx"), "another seed gives the same weights");
+    assert!(read("a", "query.onnx") == read("a", "document.onnx"), "shared towers differ");
+    assert_eq!(a.report.epochs[1].mean_loss, b.report.epochs[1].mean_loss);
+    assert!(a.model.document.is_none());
+}
