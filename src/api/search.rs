@@ -21,6 +21,8 @@ fn default_k() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
+    /// The query text (`q` in a query string).
+    #[serde(alias = "q")]
     pub query: String,
     #[serde(default = "default_k")]
     pub k: usize,
@@ -31,20 +33,6 @@ pub struct SearchRequest {
     #[serde(default)]
     pub ef: Option<usize>,
     /// Brute-force search, bypassing the HNSW graph (the reference for recall).
-    #[serde(default)]
-    pub exact: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchParams {
-    pub q: String,
-    #[serde(default = "default_k")]
-    pub k: usize,
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub ef: Option<usize>,
     #[serde(default)]
     pub exact: bool,
 }
@@ -98,10 +86,9 @@ pub async fn search_post(
 pub async fn search_get(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
-    ApiQuery(params): ApiQuery<SearchParams>,
+    ApiQuery(params): ApiQuery<SearchRequest>,
 ) -> Result<Response, ApiError> {
-    let body = SearchRequest { query: params.q, k: params.k, model: params.model, ef: params.ef, exact: params.exact };
-    run(state, request_id, body).await
+    run(state, request_id, params).await
 }
 
 async fn run(state: AppState, request_id: RequestId, body: SearchRequest) -> Result<Response, ApiError> {

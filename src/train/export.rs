@@ -60,8 +60,12 @@ pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
         return Err(TrainError::Export(format!("at most {} layers can be exported", LAYER_NAMES.len())));
     }
     let mut initializer = Vec::new();
-    let (dims, data) = weights(&tower.embedding)?;
-    initializer.push(TensorProto::from_f32("embedding", dims, data));
+    let table = &tower.embedding;
+    initializer.push(TensorProto::from_f32(
+        "embedding",
+        vec![table.vocab as i64, table.dim as i64],
+        table.weights.clone(),
+    ));
     initializer.push(TensorProto::from_i64("axis1", vec![1], vec![1]));
     initializer.push(TensorProto::from_i64("axis2", vec![1], vec![2]));
     initializer.push(TensorProto::from_f32("one", vec![], vec![1.0]));

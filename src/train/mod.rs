@@ -20,11 +20,11 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use model::{Batch, Tower, TowerPooling, TowerShape, TwoTower};
+use model::{AdamSettings, Batch, Tower, TowerPooling, TowerShape, TwoTower};
 use report::{EpochReport, TrainReport};
 use rng::Rng;
 use tokenizer::TokenizerOptions;
@@ -408,7 +408,7 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
         output: config.output_dim,
         pooling: config.pooling,
     };
-    let model = TwoTower::new(shape, config.shared_towers, config.same_start, &mut rng, &device)?;
+    let mut model = TwoTower::new(shape, config.shared_towers, config.same_start, &mut rng, &device)?;
     let mut optimizer = AdamW::new(
         model.vars(),
         ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
@@ -444,12 +444,39 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
             let q: Vec<&[u32]> = chunk.iter().map(|&i| query_ids[i].as_slice()).collect();
             let d: Vec<&[u32]> = chunk.iter().map(|&i| docs[train_pairs[i].1].as_slice()).collect();
             let doc_ids: Vec<u32> = chunk.iter().map(|&i| train_pairs[i].1 as u32).collect();
-            let qv = model.query.forward(&Batch::new(&q, &device)?)?;
-            let dv = model.document_tower().forward(&Batch::new(&d, &device)?)?;
+            let (qb, db) = (Batch::new(&q, &device)?, Batch::new(&d, &device)?);
+            let q_rows = Var::from_tensor(&model.query.embedding.gather(&qb.unique, &device)?)?;
+            let d_rows = Var::from_tensor(&model.document_tower().embedding.gather(&db.unique, &device)?)?;
+            let qv = model.query.forward_rows(q_rows.as_tensor(), &qb)?;
+            let dv = model.document_tower().forward_rows(d_rows.as_tensor(), &db)?;
             let mask = model::same_document_mask(&doc_ids, &device)?;
             let loss = model::info_nce(&qv, &dv, config.temperature, mask.as_ref(), config.symmetric_loss)?;
             let grads = loss.backward()?;
             optimizer.step(&grads)?;
+            let row_grad = |rows: &Var| -> Result<Vec<f32>, TrainError> {
+                match grads.get(rows) {
+                    Some(g) => Ok(g.flatten_all()?.to_vec1::<f32>()?),
+                    None => Ok(vec![0.0; rows.elem_count()]),
+                }
+            };
+            let adam = AdamSettings {
+                lr: optimizer.learning_rate(),
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: config.weight_decay,
+            };
+            let (gq, gd) = (row_grad(&q_rows)?, row_grad(&d_rows)?);
+            match &mut model.document {
+                Some(document) => {
+                    model.query.embedding.update(&[(&qb.unique, gq)], adam);
+                    document.embedding.update(&[(&db.unique, gd)], adam);
+                }
+                None => model.query.embedding.update(&[(&qb.unique, gq), (&db.unique, gd)], adam),
+            }
+            if std::env::var_os("PROF").is_some() {
+                eprintln!("fwd {:?} bwd {:?} opt {:?} emb {:?}", t0 - step_started, t1 - t0, t2 - t1, t2.elapsed());
+            }
             let loss = model::scalar(&loss)?;
             if !loss.is_finite() {
                 return Err(TrainError::Config(format!(
