@@ -474,9 +474,6 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
                 }
                 None => model.query.embedding.update(&[(&qb.unique, gq), (&db.unique, gd)], adam),
             }
-            if std::env::var_os("PROF").is_some() {
-                eprintln!("fwd {:?} bwd {:?} opt {:?} emb {:?}", t0 - step_started, t1 - t0, t2 - t1, t2.elapsed());
-            }
             let loss = model::scalar(&loss)?;
             if !loss.is_finite() {
                 return Err(TrainError::Config(format!(

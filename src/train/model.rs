@@ -445,6 +445,50 @@ mod tests {
     }
 
     #[test]
+    fn the_fused_mean_matches_candle_ops_forward_and_backward() {
+        let device = Device::Cpu;
+        let texts: [&[u32]; 3] = [&[4, 9, 4], &[], &[9, 2]];
+        let batch = Batch::new(&texts, &device).unwrap();
+        let table = EmbeddingTable::new(normal(&mut Rng::new(5), 10 * 3, 1.0), 10, 3);
+        let rows = Var::from_tensor(&table.gather(&batch.unique, &device).unwrap()).unwrap();
+        let weights = Tensor::from_vec(vec![1f32, -2., 3., 0.5, 1., -1., 2., 0., 1.], (3, 3), &device).unwrap();
+        let fused = rows.as_tensor().apply_op1(MeanBag {
+            local: batch.local.clone(),
+            offsets: batch.offsets.clone(),
+            unique: batch.unique.len(),
+        });
+        let fused = fused.unwrap();
+        let x = rows.as_tensor().index_select(&batch.ids, 0).unwrap();
+        let plain = Tensor::zeros((3, 3), DType::F32, &device)
+            .unwrap()
+            .index_add(&batch.rows, &x, 0)
+            .unwrap()
+            .broadcast_div(&batch.lengths)
+            .unwrap();
+        let close = |a: &Tensor, b: &Tensor| {
+            let (a, b) = (
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6)
+        };
+        assert!(close(&fused, &plain));
+        let g1 = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (plain * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(close(g1.get(&rows).unwrap(), g2.get(&rows).unwrap()));
+    }
+
+    #[test]
+    fn sparse_adam_moves_only_the_rows_used() {
+        let mut table = EmbeddingTable::new(vec![1.0; 4 * 2], 4, 2);
+        let adam = AdamSettings { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        table.update(&[(&[2], vec![1.0, -1.0]), (&[2, 0], vec![1.0, 0.0, 0.0, 0.0])], adam);
+        assert_eq!(&table.weights[2..4], &[1.0; 2]);
+        assert_eq!(&table.weights[6..8], &[1.0; 2]);
+        assert!((table.weights[4] - 0.9).abs() < 1e-5 && table.weights[5] > 1.0);
+    }
+
+    #[test]
     fn the_loss_prefers_matching_pairs_and_masks_shared_documents() {
         let device = Device::Cpu;
         let q = Tensor::from_vec(vec![1f32, 0., 0., 1.], (2, 2), &device).unwrap();
