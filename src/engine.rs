@@ -222,7 +222,8 @@ impl Engine {
     }
 
     /// Fills every index: stored embeddings of the model's current version first, then encodes the documents
-    /// that have none (new model, new version, or changed text). Marks each model ready when done.
+    /// that have none (new model, new version, or changed text). Marks each model ready when done; the HNSW
+    /// graphs are then built in the background (see [`Engine::build_graphs`]).
     pub async fn prepare_indexes(&self) -> Result<Vec<PreparedIndex>, EngineError> {
         let mut reports = Vec::new();
         for model in self.models().values() {
@@ -259,12 +260,9 @@ impl Engine {
                 blocking(move || index.upsert(items)).await??;
                 tracing::info!(model = %info.name, encoded, "encoded documents without a stored embedding");
             }
-            let index = model.index.clone();
-            if index.needs_rebuild() {
-                blocking(move || index.rebuild_graph()).await?;
-            }
+            // Ready at once: searches are exact until the HNSW graph, built in the background, is swapped in.
             model.ready.store(true, Ordering::Release);
-            self.update_gauges(model);
+            self.maintain(model);
             let report = PreparedIndex {
                 model: info.name.clone(),
                 from_store,
@@ -275,6 +273,18 @@ impl Engine {
             reports.push(report);
         }
         Ok(reports)
+    }
+
+    /// Builds every graph that is due now, and waits for it (searches go on meanwhile).
+    pub async fn build_graphs(&self) -> Result<(), EngineError> {
+        for model in self.models().values() {
+            let index = model.index.clone();
+            if index.needs_rebuild() {
+                blocking(move || index.rebuild_graph()).await?;
+            }
+            self.update_gauges(model);
+        }
+        Ok(())
     }
 
     fn update_gauges(&self, model: &ServedModel) {

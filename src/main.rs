@@ -430,6 +430,7 @@ async fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     bar.finish();
     eprintln!("{} documents encoded, {} already cached", report.upserted, report.unchanged);
+    engine.build_graphs().await?;
     let bar = ProgressBar::new((pairs.len() * 2 * args.models.len()) as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} searching [{elapsed_precise}] {wide_bar} {pos}/{len}")
