@@ -98,6 +98,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_missing_library_is_an_error_that_says_how_to_install_it() {
+        // ORT_DYLIB_PATH, when set, is consulted before the configured path (scripts/test does not set it).
+        if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+            return;
+        }
+        let bad = Path::new("/nonexistent/libonnxruntime.so.1.31.1");
+        let err = locate(Some(bad)).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{err}");
+        assert!(err.contains("scripts/setup") && err.contains("ORT_DYLIB_PATH"), "{err}");
+    }
+
+    #[test]
     fn finds_the_versioned_library_inside_a_venv() {
         let dir = tempfile::tempdir().unwrap();
         let capi = dir.path().join(".venv/lib/python3.11/site-packages/onnxruntime/capi");
