@@ -349,12 +349,18 @@ fn bench_encode(args: BenchEncodeArgs) -> anyhow::Result<()> {
         "document" => Side::Document,
         other => anyhow::bail!("--side is query or document, not {other:?}"),
     };
-    let texts: Vec<String> = std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(&args.corpus)?))
-        .filter_map(|l| l.ok())
-        .filter(|l| !l.trim().is_empty())
-        .take(args.limit)
-        .map(|l| Ok(serde_json::from_str::<serde_json::Value>(&l)?["text"].as_str().unwrap_or_default().to_string()))
-        .collect::<anyhow::Result<_>>()?;
+    let mut texts: Vec<String> = Vec::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(std::fs::File::open(&args.corpus)?)) {
+        let line = line?;
+        if texts.len() == args.limit {
+            break;
+        }
+        if !line.trim().is_empty() {
+            texts.push(
+                serde_json::from_str::<serde_json::Value>(&line)?["text"].as_str().unwrap_or_default().to_string(),
+            );
+        }
+    }
     anyhow::ensure!(!texts.is_empty(), "no documents in {}", args.corpus.display());
     let resolved = Manifest::load(&args.model)?;
     let env = runtime::environment(args.onnxruntime.as_deref())?;

@@ -29,7 +29,7 @@ pub fn pool(states: &[f32], batch: usize, seq: usize, dim: usize, mask: &[i64], 
                     sum
                 }
                 Pooling::Cls => kept().next().map(|t| token(t).to_vec()).unwrap_or_else(|| vec![0.0; dim]),
-                Pooling::LastToken => kept().last().map(|t| token(t).to_vec()).unwrap_or_else(|| vec![0.0; dim]),
+                Pooling::LastToken => kept().next_back().map(|t| token(t).to_vec()).unwrap_or_else(|| vec![0.0; dim]),
                 Pooling::Output => unreachable!("handled above"),
             }
         })
