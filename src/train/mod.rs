@@ -3,7 +3,8 @@
 //! Owns the whole path from pairs to a served model folder: a BPE tokenizer trained on the corpus and the
 //! training queries ([`tokenizer`]), the two towers and the InfoNCE loss in candle ([`model`]), the training loop
 //! (AdamW, warm-up then linear decay, in-batch negatives, seeded shuffling), validation on a seeded slice of the
-//! training pairs held out by document (early stopping and selection of the best epoch), and the export of both
+//! training pairs held out by source — whole files or commands, as the test splits are made ([`source_group`]) —
+//! for early stopping and selection of the best epoch, and the export of both
 //! towers to ONNX ([`export`]) with `tokenizer.json`, `model.toml` and `report.json` ([`report`]). The test split
 //! is never read here.
 //!
@@ -81,8 +82,12 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Share of the optimisation steps spent warming the learning rate up linearly; then it decays linearly to 0.
     pub warmup_fraction: f64,
-    /// Share of the training pairs held out for validation (chosen by document), at most `max_validation_pairs`.
+    /// Share of the training pairs held out for validation (chosen by source, see `validation_by_source`), at
+    /// most `max_validation_pairs`.
     pub validation_fraction: f64,
+    /// Hold out whole sources ([`source_group`]: a Python file, a tldr command) rather than single documents, as
+    /// the test splits do: a slice split by document scored twice the test MRR@10 on pycode.
+    pub validation_by_source: bool,
     pub max_validation_pairs: usize,
     /// Documents each validation query is ranked against (the validation documents plus a seeded sample).
     pub validation_candidates: usize,
@@ -112,6 +117,7 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             warmup_fraction: 0.05,
             validation_fraction: 0.05,
+            validation_by_source: true,
             max_validation_pairs: 2_000,
             validation_candidates: 5_000,
             patience: 2,
@@ -231,6 +237,19 @@ fn default_name(out: &Path) -> String {
     }
 }
 
+/// The source of a document id, the unit the validation slice holds out: the part before `::` (`pkg/file.py::func`
+/// → `pkg/file.py`); else the part before `#` without its leading folders (`linux/tar#3` → `tar`, every platform
+/// page of a command); else the whole id (one Debian package).
+pub fn source_group(doc_id: &str) -> &str {
+    if let Some((file, _)) = doc_id.split_once("::") {
+        return file;
+    }
+    if let Some((page, _)) = doc_id.split_once('#') {
+        return page.rsplit('/').next().unwrap_or(page);
+    }
+    doc_id
+}
+
 /// A trained model, kept in memory after export (tests compare it with the exported graphs).
 pub struct Trained {
     pub model: TwoTower,
@@ -321,25 +340,39 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
         )));
     }
 
-    // Validation split by document: no validation document is seen in training.
+    // Validation split by source (see [`source_group`]): no validation document, nor any document from the same
+    // source file or command, is seen in training — as in the test splits, so early stopping tracks test quality.
     let mut rng = Rng::new(config.seed);
-    let mut docs_with_pairs: Vec<usize> = pairs.iter().map(|(_, d)| *d).collect::<HashSet<_>>().into_iter().collect();
-    docs_with_pairs.sort_unstable();
-    rng.shuffle(&mut docs_with_pairs);
+    let group_of = |d: usize| -> &str {
+        if config.validation_by_source {
+            source_group(&corpus[d].id)
+        } else {
+            &corpus[d].id
+        }
+    };
+    let mut group_pairs: HashMap<&str, usize> = HashMap::new();
+    for (_, d) in &pairs {
+        *group_pairs.entry(group_of(*d)).or_default() += 1;
+    }
+    let mut groups: Vec<&str> = group_pairs.keys().copied().collect();
+    groups.sort_unstable();
+    rng.shuffle(&mut groups);
     let wanted = ((pairs.len() as f64 * config.validation_fraction) as usize).min(config.max_validation_pairs);
-    let mut validation_docs = HashSet::new();
+    let mut validation_groups = HashSet::new();
     let mut held = 0;
-    let pairs_per_doc = pairs.iter().fold(HashMap::new(), |mut m: HashMap<usize, usize>, (_, d)| {
-        *m.entry(*d).or_default() += 1;
-        m
-    });
-    for d in &docs_with_pairs {
+    for g in &groups {
         if held >= wanted {
             break;
         }
-        validation_docs.insert(*d);
-        held += pairs_per_doc[d];
+        // A source too big for what is left is skipped (one huge file must not take the whole slice).
+        if held > 0 && held + group_pairs[g] > wanted + wanted / 4 {
+            continue;
+        }
+        validation_groups.insert(*g);
+        held += group_pairs[g];
     }
+    let validation_docs: HashSet<usize> =
+        pairs.iter().map(|(_, d)| *d).filter(|d| validation_groups.contains(group_of(*d))).collect();
     let (validation_pairs, train_pairs): (Vec<_>, Vec<_>) =
         pairs.into_iter().partition(|(_, d)| validation_docs.contains(d));
     if train_pairs.len() < 2 {
@@ -624,6 +657,14 @@ mod tests {
         assert!(learning_rate(&config, 99, 100) < 0.02);
         let none = TrainConfig { warmup_fraction: 0.0, ..config };
         assert!((learning_rate(&none, 0, 10) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn validation_holds_out_whole_sources() {
+        assert_eq!(source_group("numpy-1.26/numpy/linalg.py::norm"), "numpy-1.26/numpy/linalg.py");
+        assert_eq!(source_group("linux/tar#3"), "tar");
+        assert_eq!(source_group("common/tar#1"), "tar");
+        assert_eq!(source_group("2048-qt"), "2048-qt");
     }
 
     #[test]
