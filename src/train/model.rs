@@ -311,7 +311,11 @@ impl Tower {
                 h = h.tanh()?;
             }
         }
-        let norm = h.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(NORM_EPS as f32, f32::MAX)?;
+        // sqrt's gradient at 0 is infinite, and the clamp's zero gradient times infinity is NaN: a text that pools
+        // to a zero vector (no known token) poisoned training. A tiny floor inside the root keeps the gradient
+        // finite; the forward pass stays within 1e-12 of the exported graph's Sqrt + Max.
+        let norm =
+            h.sqr()?.sum_keepdim(1)?.affine(1.0, NORM_EPS * NORM_EPS)?.sqrt()?.clamp(NORM_EPS as f32, f32::MAX)?;
         Ok(h.broadcast_div(&norm)?)
     }
 }
