@@ -45,6 +45,28 @@ pub struct Config {
     pub encoder: EncoderSettings,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
+    /// The exposure log and shadow searches of live experiments.
+    #[serde(default)]
+    pub experiments: ExperimentSettings,
+}
+
+/// Settings of live experiments (`[experiments]`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExperimentSettings {
+    /// Exposure records waiting to be written at most; beyond it they are dropped (and counted) so that
+    /// searches never wait for the store.
+    pub exposure_queue: usize,
+    /// Most exposure records written in one transaction.
+    pub exposure_batch: usize,
+    /// Shadow searches in flight at most; beyond it they are skipped (and counted).
+    pub shadow_concurrency: usize,
+}
+
+impl Default for ExperimentSettings {
+    fn default() -> Self {
+        Self { exposure_queue: 10_000, exposure_batch: 256, shadow_concurrency: 8 }
+    }
 }
 
 /// Request limits: anything beyond them is a client error (4xx), never a crash.
@@ -145,6 +167,7 @@ impl Default for Config {
             limits: Limits::default(),
             encoder: EncoderSettings::default(),
             models: Vec::new(),
+            experiments: ExperimentSettings::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Duet: serve a two-tower model and an LLM-embedding model side by side over one corpus, and compare them.
 //!
 //! A request reads top to bottom through the modules:
-//! [`api`] (HTTP, validation, problem+json) → [`engine`] (which model, consistency of writes) →
+//! [`api`] (HTTP, validation, problem+json) → [`experiment`] (which arm serves a unit; exposures, feedback,
+//! reports) → [`engine`] (which model, consistency of writes) →
 //! [`encoder`] (tokenize, ONNX, pool; one batching queue per model on its own thread) →
 //! [`index`] (HNSW or exact search per model) → [`store`] (documents and embeddings in SQL).
 //! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora,
@@ -14,6 +15,7 @@ pub mod corpus;
 pub mod encoder;
 pub mod engine;
 pub mod eval;
+pub mod experiment;
 pub mod index;
 pub mod metrics;
 pub mod mine;

@@ -1,10 +1,11 @@
 //! Prometheus metrics: one registry per server (so tests can run several servers in one process), rendered in
 //! the text format at `GET /metrics`. Times are in seconds. Label values are bounded: routes are route templates
-//! (`/v1/documents/{id}`), models are the configured model names.
+//! (`/v1/documents/{id}`), models are the configured model names, experiments and arms are the names of
+//! experiments created through the API (validated: at most 64 characters, at most 8 arms).
 
 use prometheus::{
-    exponential_buckets, Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    exponential_buckets, linear_buckets, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -20,6 +21,14 @@ pub struct Metrics {
     pub search_duration: HistogramVec,
     pub documents: IntGaugeVec,
     pub index_deleted: IntGaugeVec,
+    pub exposures: IntCounterVec,
+    pub exposures_dropped: IntCounterVec,
+    pub exposure_queue_depth: IntGauge,
+    pub exposure_write_errors: IntCounter,
+    pub exposure_write_duration: Histogram,
+    pub feedback_events: IntCounterVec,
+    pub shadow_overlap: HistogramVec,
+    pub shadow_skipped: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -99,6 +108,54 @@ impl Metrics {
                 "index_deleted_entries",
                 "Deleted or replaced entries still in the model's HNSW graph (filtered out until a rebuild).",
                 &["model"],
+            ),
+            exposures: counter(
+                "experiment_exposures_total",
+                "Searches served under a running experiment and queued for the exposure log, by serving arm \
+                 (empty when interleaved).",
+                &["experiment", "arm"],
+            ),
+            exposures_dropped: counter(
+                "experiment_exposures_dropped_total",
+                "Exposures (and shadow comparisons) dropped because the exposure queue was full.",
+                &["experiment"],
+            ),
+            exposure_queue_depth: {
+                let g = IntGauge::new("exposure_queue_depth", "Records waiting to be written to the exposure log.")
+                    .expect("valid gauge");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            exposure_write_errors: {
+                let c = IntCounter::new("exposure_write_errors_total", "Exposure records lost to store errors.")
+                    .expect("valid counter");
+                registry.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            exposure_write_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("exposure_write_duration_seconds", "Time to write one batch of exposures.")
+                        .buckets(latency_buckets()),
+                )
+                .expect("valid histogram");
+                registry.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            feedback_events: counter(
+                "experiment_feedback_total",
+                "Feedback events recorded (duplicates excluded), by the arm credited (the team, when interleaved).",
+                &["experiment", "arm", "event"],
+            ),
+            shadow_overlap: histogram(
+                "experiment_shadow_overlap",
+                "Overlap of the shadow arm's results with the served ones (jaccard@k, rank-biased overlap).",
+                &["experiment", "measure"],
+                linear_buckets(0.0, 0.1, 11).expect("valid buckets"),
+            ),
+            shadow_skipped: counter(
+                "experiment_shadow_skipped_total",
+                "Shadow searches not run (too many in flight) or failed.",
+                &["experiment", "reason"],
             ),
             registry,
         }

@@ -12,10 +12,12 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::corpus::import_jsonl;
 use crate::engine::Engine;
+use crate::experiment::Experiments;
 
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub engine: Arc<Engine>,
+    pub experiments: Arc<Experiments>,
     shutdown: Option<oneshot::Sender<()>>,
     serve: JoinHandle<std::io::Result<()>>,
     background: JoinHandle<()>,
@@ -25,6 +27,8 @@ pub struct RunningServer {
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let engine = Engine::open(&config).await?;
+    let experiments =
+        Arc::new(Experiments::load(engine.store().clone(), config.experiments, engine.metrics.clone()).await?);
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
@@ -53,7 +57,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     });
 
     let (tx, rx) = oneshot::channel::<()>();
-    let app = crate::api::router(engine.clone());
+    let app = crate::api::router(crate::api::AppState { engine: engine.clone(), experiments: experiments.clone() });
     let serve = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -61,7 +65,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             })
             .await
     });
-    Ok(RunningServer { addr, engine, shutdown: Some(tx), serve, background })
+    Ok(RunningServer { addr, engine, experiments, shutdown: Some(tx), serve, background })
 }
 
 impl RunningServer {
@@ -73,6 +77,8 @@ impl RunningServer {
         self.background.abort();
         let _ = (&mut self.background).await;
         let served = (&mut self.serve).await;
+        // Exposures queued by the last requests are written before the store closes.
+        self.experiments.log.flush().await;
         self.engine.close().await;
         served??;
         Ok(())

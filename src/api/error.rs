@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::encoder::EncoderError;
 use crate::engine::EngineError;
+use crate::experiment::ExperimentError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -74,6 +75,24 @@ impl From<EngineError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model-stopped", err.to_string()).retry_after(1)
             }
             _ => ApiError::internal(&err),
+        }
+    }
+}
+
+impl From<ExperimentError> for ApiError {
+    fn from(err: ExperimentError) -> Self {
+        match &err {
+            ExperimentError::Invalid(_) => ApiError::invalid(err.to_string()),
+            ExperimentError::NotShown { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-shown", err.to_string())
+            }
+            ExperimentError::NotFound(_) => ApiError::not_found("unknown-experiment", err.to_string()),
+            ExperimentError::UnknownRequest(_) => ApiError::not_found("unknown-request", err.to_string()),
+            ExperimentError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name-taken", err.to_string()),
+            ExperimentError::Transition { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "invalid-transition", err.to_string())
+            }
+            ExperimentError::Store(_) => ApiError::internal(&err),
         }
     }
 }

@@ -5,6 +5,8 @@
 pub mod documents;
 pub mod embed;
 pub mod error;
+pub mod experiments;
+pub mod feedback;
 pub mod models;
 pub mod ops;
 pub mod search;
@@ -16,18 +18,20 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::engine::Engine;
+use crate::experiment::Experiments;
 pub use error::ApiError;
 
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub experiments: Arc<Experiments>,
 }
 
 /// The id of the request, from a valid incoming `X-Request-Id` or freshly made; echoed in the response header.
@@ -54,6 +58,12 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("GET", "/v1/search", get(search::search_get)),
         ("POST", "/v1/search", post(search::search_post)),
         ("POST", "/v1/embed", post(embed::embed)),
+        ("GET", "/v1/experiments", get(experiments::list)),
+        ("POST", "/v1/experiments", post(experiments::create)),
+        ("GET", "/v1/experiments/{id}", get(experiments::get_one)),
+        ("PATCH", "/v1/experiments/{id}", patch(experiments::update)),
+        ("GET", "/v1/experiments/{id}/report", get(experiments::report)),
+        ("POST", "/v1/feedback", post(feedback::record)),
     ]
 }
 
@@ -62,10 +72,10 @@ pub fn route_table() -> Vec<(&'static str, &'static str)> {
     routes().into_iter().map(|(method, path, _)| (method, path)).collect()
 }
 
-pub fn router(engine: Arc<Engine>) -> Router {
-    let limits = engine.limits;
-    let state = AppState { engine };
+pub fn router(state: AppState) -> Router {
+    let limits = state.engine.limits;
     let mut router = Router::new();
+    // Routes on the same path merge into one method router.
     for (_, path, handler) in routes() {
         router = router.route(path, handler);
     }

@@ -1,4 +1,5 @@
-//! The relational store: documents of the corpus and their embeddings per (model, model version). The
+//! The relational store: documents of the corpus and their embeddings per (model, model version), and the
+//! experiments with their exposures, shadow comparisons and feedback. The
 //! [`Store`] trait is what the rest of Duet sees; [`sqlite::SqliteStore`] is the embedded default, and a
 //! PostgreSQL implementation can follow with its own `migrations/postgres`.
 
@@ -11,6 +12,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use sqlite::SqliteStore;
+
+use crate::experiment::{Experiment, ExposureItem, ExposureRecord, ShadowRecord};
 
 /// A document as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,6 +63,47 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// What a request under an experiment showed, as logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shown {
+    pub experiment_id: String,
+    pub arm: Option<String>,
+    pub items: Vec<ExposureItem>,
+}
+
+/// Per-impression outcomes summed over one arm (`arm` is `None` for interleaved impressions).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArmOutcome {
+    pub arm: Option<String>,
+    pub impressions: u64,
+    /// Impressions with at least one click.
+    pub clicked: u64,
+    /// Impressions with at least one conversion.
+    pub converted: u64,
+    /// Sum and sum of squares of 1 / (position of the first click), 0 for impressions without a click.
+    pub rr_sum: f64,
+    pub rr_squares: f64,
+}
+
+/// Interleaved impressions by outcome: team 0 or 1 got more credited clicks, both the same, or no click.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InterleaveCounts {
+    pub impressions: u64,
+    pub wins: [u64; 2],
+    pub ties: u64,
+    pub no_click: u64,
+    /// Credited clicks per team.
+    pub clicks: [u64; 2],
+}
+
+/// One shadow comparison, for the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowRow {
+    pub jaccard: f64,
+    pub rbo: f64,
+    pub latency_ms: f64,
+}
+
 /// SHA-256 of a document's text, hex.
 pub fn content_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
@@ -90,6 +134,34 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Document>, StoreError>;
+
+    /// Every experiment, oldest first.
+    async fn experiments(&self) -> Result<Vec<Experiment>, StoreError>;
+    /// Inserts or updates an experiment; when it is the default, the previous default is unset in the same
+    /// transaction.
+    async fn save_experiment(&self, experiment: &Experiment) -> Result<(), StoreError>;
+    /// Writes a batch of exposures (with their shown items) and shadow comparisons in one transaction. A request
+    /// id already logged is ignored.
+    async fn write_exposures(&self, exposures: &[ExposureRecord], shadows: &[ShadowRecord]) -> Result<(), StoreError>;
+    /// What a request showed, if it was logged.
+    async fn shown(&self, request_id: &str) -> Result<Option<Shown>, StoreError>;
+    /// Records a feedback event; returns false when the same (request, document, event) was recorded before.
+    async fn add_feedback(
+        &self,
+        request_id: &str,
+        doc_id: &str,
+        event: &str,
+        position: u32,
+    ) -> Result<bool, StoreError>;
+    /// Outcomes per arm of an experiment's impressions.
+    async fn arm_outcomes(&self, experiment_id: &str) -> Result<Vec<ArmOutcome>, StoreError>;
+    /// Interleaving outcomes of an experiment whose teams are `teams`.
+    async fn interleave_counts(&self, experiment_id: &str, teams: [&str; 2]) -> Result<InterleaveCounts, StoreError>;
+    /// Served latency (ms) of every impression, by arm (`None` when interleaved).
+    async fn latencies(&self, experiment_id: &str) -> Result<Vec<(Option<String>, f64)>, StoreError>;
+    /// Every shadow comparison of an experiment.
+    async fn shadow_rows(&self, experiment_id: &str) -> Result<Vec<ShadowRow>, StoreError>;
+
     /// Closes connections (checkpointing the write-ahead log).
     async fn close(&self);
 }

@@ -1,0 +1,61 @@
+//! `/v1/experiments`: create, list, read and change live experiments, and read their report. Experiments are
+//! never deleted: archive them (`PATCH {"status": "archived"}` after stopping).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
+use super::AppState;
+use crate::experiment::report::{self, ReportSettings};
+use crate::experiment::{ExperimentPatch, NewExperiment, Status};
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewExperiment>,
+) -> Result<Response, ApiError> {
+    let models: Vec<String> = state.engine.models().keys().cloned().collect();
+    let experiment = state.experiments.create(body, &models).await?;
+    Ok((StatusCode::CREATED, axum::Json(experiment)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Include archived experiments.
+    #[serde(default)]
+    pub archived: bool,
+}
+
+pub async fn list(State(state): State<AppState>, ApiQuery(params): ApiQuery<ListParams>) -> Response {
+    let all = state.experiments.all();
+    let shown: Vec<_> = all.iter().filter(|e| params.archived || e.status != Status::Archived).collect();
+    axum::Json(json!({ "experiments": shown })).into_response()
+}
+
+pub async fn get_one(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    Ok(axum::Json(state.experiments.find(&id)?).into_response())
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(patch): ApiJson<ExperimentPatch>,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(state.experiments.update(&id, patch).await?).into_response())
+}
+
+pub async fn report(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(settings): ApiQuery<ReportSettings>,
+) -> Result<Response, ApiError> {
+    settings.validate().map_err(ApiError::invalid)?;
+    let experiment = state.experiments.find(&id)?;
+    // Exposures still queued belong in the report.
+    state.experiments.log.flush().await;
+    let report = report::build(state.experiments.store().as_ref(), &experiment, settings).await?;
+    Ok(axum::Json(report).into_response())
+}

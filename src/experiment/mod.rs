@@ -1,0 +1,596 @@
+//! Live experiments: which model answers a search for a given user (unit), what the user was shown, what they
+//! did with it, and which model wins.
+//!
+//! - [`Experiments`] owns the experiment definitions (stored in SQL, cached in memory so that assignment never
+//!   touches the store) and their life cycle: `draft` → `running` ⇄ `paused` → `stopped` → `archived`.
+//! - [`assign`] maps a unit to an arm by a salted hash (sticky across requests and restarts);
+//!   [`interleave`] merges two rankings by team-draft interleaving.
+//! - [`exposure`] writes what was shown (exposures) and shadow comparisons asynchronously, in batches, through a
+//!   bounded queue: the search path never waits for the store, and drops (and counts) exposures when full.
+//! - [`report`] turns exposures and feedback into per-arm statistics with [`stats`].
+
+pub mod assign;
+pub mod exposure;
+pub mod interleave;
+pub mod report;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ExperimentSettings;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+pub use exposure::{ExposureItem, ExposureLog, ExposureRecord, ShadowRecord};
+
+/// How an experiment uses its arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each unit sees one arm, chosen by a sticky weighted hash.
+    Ab,
+    /// Every search merges the two arms' rankings (team-draft); clicks credit the arm that contributed the result.
+    Interleave,
+    /// The first arm serves; the second runs off the request path and its overlap with the served list is logged.
+    Shadow,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ab => "ab",
+            Mode::Interleave => "interleave",
+            Mode::Shadow => "shadow",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ab" => Some(Mode::Ab),
+            "interleave" => Some(Mode::Interleave),
+            "shadow" => Some(Mode::Shadow),
+            _ => None,
+        }
+    }
+}
+
+/// Where an experiment is in its life cycle. Only a `running` experiment assigns units and logs exposures;
+/// searches under any other status are served by the control arm (the first) and not logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Draft,
+    Running,
+    Paused,
+    Stopped,
+    Archived,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+            Status::Archived => "archived",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "draft" => Some(Status::Draft),
+            "running" => Some(Status::Running),
+            "paused" => Some(Status::Paused),
+            "stopped" => Some(Status::Stopped),
+            "archived" => Some(Status::Archived),
+            _ => None,
+        }
+    }
+    /// The allowed transitions. A stopped experiment cannot restart (its data would mix two periods): create a
+    /// new one. Archiving is the only way to retire an experiment; nothing is deleted.
+    pub fn can_become(self, next: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, next),
+            (Draft, Running)
+                | (Running, Paused)
+                | (Paused, Running)
+                | (Running, Stopped)
+                | (Paused, Stopped)
+                | (Draft, Stopped)
+                | (Draft, Archived)
+                | (Stopped, Archived)
+        ) || self == next
+    }
+}
+
+/// One arm: a served model under a name, with a weight (A/B share; unused by the other modes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub name: String,
+    pub model: String,
+    pub weight: f64,
+}
+
+/// An experiment as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Experiment {
+    pub id: String,
+    pub name: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub arms: Vec<Arm>,
+    pub salt: String,
+    /// Whether searches that name no experiment (and no model) go through this one.
+    pub default: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub stopped_at: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no experiment `{0}`")]
+    NotFound(String),
+    #[error("an experiment named `{0}` exists already")]
+    NameTaken(String),
+    #[error("experiment `{name}` cannot go from {from} to {to}")]
+    Transition { name: String, from: &'static str, to: &'static str },
+    #[error("request `{0}` is unknown: it was not served under a running experiment, or its exposure was dropped")]
+    UnknownRequest(String),
+    #[error("document `{doc_id}` was not shown in request `{request_id}`")]
+    NotShown { request_id: String, doc_id: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a search does under the experiments.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// No experiment applies: the default model serves, nothing is logged.
+    Direct,
+    /// An experiment applies. When it is not running, the control arm serves and nothing is logged.
+    Experiment { experiment: Arc<Experiment>, unit_id: String, plan: Plan },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// One arm serves (A/B assignment, or the control of an experiment that is not running).
+    Arm { index: usize, logged: bool },
+    /// Both arms' rankings are merged by team-draft interleaving.
+    Interleave,
+    /// The first arm serves; the second runs off the request path.
+    Shadow,
+}
+
+/// A feedback event on a shown result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Click,
+    Conversion,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Click => "click",
+            Event::Conversion => "conversion",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feedback {
+    pub request_id: String,
+    pub doc_id: String,
+    pub event: Event,
+    /// Checked against the position the document was shown at, when given.
+    #[serde(default)]
+    pub position: Option<u32>,
+}
+
+/// What was recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedbackReceipt {
+    pub request_id: String,
+    pub doc_id: String,
+    pub event: Event,
+    pub position: u32,
+    pub experiment: String,
+    /// The arm credited: the arm that served it, or the team that contributed it when interleaved.
+    pub arm: String,
+    /// True when this (request, document, event) was recorded before; nothing changed.
+    pub duplicate: bool,
+}
+
+/// What a client sends to create an experiment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewExperiment {
+    pub name: String,
+    pub mode: Mode,
+    pub arms: Vec<NewArm>,
+    #[serde(default)]
+    pub salt: Option<String>,
+    #[serde(default)]
+    pub default: bool,
+    /// `draft` (the default) or `running`.
+    #[serde(default)]
+    pub status: Option<Status>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewArm {
+    pub model: String,
+    /// Defaults to the model's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub weight: Option<f64>,
+}
+
+/// What a client sends to change an experiment: a status, new weights (by arm name), the default flag.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentPatch {
+    #[serde(default)]
+    pub status: Option<Status>,
+    #[serde(default)]
+    pub weights: Option<BTreeMap<String, f64>>,
+    #[serde(default)]
+    pub default: Option<bool>,
+}
+
+pub const MAX_ARMS: usize = 8;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_weight(arm: &str, w: f64) -> Result<f64, ExperimentError> {
+    if !(w.is_finite() && w > 0.0 && w <= 1e6) {
+        return Err(ExperimentError::Invalid(format!("arm `{arm}` has weight {w}; weights must be positive")));
+    }
+    Ok(w)
+}
+
+/// Checks a new experiment against the served models and builds its arms.
+pub fn validate(new: &NewExperiment, models: &[String]) -> Result<Vec<Arm>, ExperimentError> {
+    let invalid = |m: String| Err(ExperimentError::Invalid(m));
+    if !valid_name(&new.name) {
+        return invalid(format!(
+            "experiment name {:?} must be 1-64 characters of letters, digits, '-', '_' or '.'",
+            new.name
+        ));
+    }
+    match (new.mode, new.arms.len()) {
+        (Mode::Ab, n) if !(2..=MAX_ARMS).contains(&n) => {
+            return invalid(format!("an `ab` experiment needs 2 to {MAX_ARMS} arms; got {n}"))
+        }
+        (Mode::Interleave | Mode::Shadow, n) if n != 2 => {
+            return invalid(format!("an `{}` experiment needs exactly 2 arms; got {n}", new.mode.as_str()))
+        }
+        _ => {}
+    }
+    if let Some(status) = new.status {
+        if !matches!(status, Status::Draft | Status::Running) {
+            return invalid(format!("a new experiment starts as `draft` or `running`, not `{}`", status.as_str()));
+        }
+    }
+    if let Some(salt) = &new.salt {
+        if salt.is_empty() || salt.len() > 128 {
+            return invalid("`salt` must be 1-128 characters".into());
+        }
+    }
+    let mut arms: Vec<Arm> = Vec::with_capacity(new.arms.len());
+    for arm in &new.arms {
+        if !models.contains(&arm.model) {
+            return invalid(format!("arm model `{}` is not served; served models: {}", arm.model, models.join(", ")));
+        }
+        let name = arm.name.clone().unwrap_or_else(|| arm.model.clone());
+        if !valid_name(&name) {
+            return invalid(format!("arm name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"));
+        }
+        if arms.iter().any(|a| a.name == name) {
+            return invalid(format!("two arms are named `{name}`; name them (`name`) to compare a model with itself"));
+        }
+        let weight = match (new.mode, arm.weight) {
+            (_, Some(w)) => check_weight(&name, w)?,
+            (_, None) => 1.0,
+        };
+        arms.push(Arm { name, model: arm.model.clone(), weight });
+    }
+    Ok(arms)
+}
+
+/// The experiments, cached in memory (assignment reads only the cache) and written through to the store.
+pub struct Experiments {
+    store: Arc<dyn Store>,
+    cache: RwLock<Arc<Vec<Arc<Experiment>>>>,
+    pub log: ExposureLog,
+    pub metrics: Arc<Metrics>,
+    /// Shadow searches in flight at most; beyond it they are skipped (and counted), never queued.
+    pub shadow_slots: Arc<tokio::sync::Semaphore>,
+    /// Serialises changes, so that the store and the cache change in the same order.
+    writes: tokio::sync::Mutex<()>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Experiments {
+    /// Loads every experiment from the store and starts the exposure log's writer.
+    pub async fn load(
+        store: Arc<dyn Store>,
+        settings: ExperimentSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let all = store.experiments().await?;
+        let options = exposure::LogOptions { capacity: settings.exposure_queue, batch: settings.exposure_batch };
+        let log = ExposureLog::spawn(store.clone(), options, metrics.clone());
+        Ok(Self {
+            store,
+            cache: RwLock::new(Arc::new(all.into_iter().map(Arc::new).collect())),
+            log,
+            metrics,
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(settings.shadow_concurrency.max(1))),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Every experiment, archived ones included, oldest first.
+    pub fn all(&self) -> Arc<Vec<Arc<Experiment>>> {
+        self.cache.read().clone()
+    }
+
+    /// An experiment by id or name.
+    pub fn find(&self, key: &str) -> Result<Arc<Experiment>, ExperimentError> {
+        self.all()
+            .iter()
+            .find(|e| e.id == key || e.name == key)
+            .cloned()
+            .ok_or_else(|| ExperimentError::NotFound(key.to_string()))
+    }
+
+    /// The default experiment, if one is set.
+    pub fn default_experiment(&self) -> Option<Arc<Experiment>> {
+        self.all().iter().find(|e| e.default).cloned()
+    }
+
+    pub async fn create(&self, new: NewExperiment, models: &[String]) -> Result<Arc<Experiment>, ExperimentError> {
+        let arms = validate(&new, models)?;
+        let _write = self.writes.lock().await;
+        if self.all().iter().any(|e| e.name == new.name) {
+            return Err(ExperimentError::NameTaken(new.name));
+        }
+        let at = now();
+        let status = new.status.unwrap_or(Status::Draft);
+        let experiment = Experiment {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: new.name,
+            mode: new.mode,
+            status,
+            arms,
+            salt: new.salt.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()),
+            default: new.default,
+            created_at: at.clone(),
+            updated_at: at.clone(),
+            started_at: (status == Status::Running).then(|| at.clone()),
+            stopped_at: None,
+        };
+        self.store.save_experiment(&experiment).await?;
+        self.replace_cached(experiment.clone());
+        Ok(Arc::new(experiment))
+    }
+
+    /// Applies a change. Weights can change while running: a unit keeps its arm unless its hash point now falls
+    /// in another arm's interval (see [`assign`]); only the units between the old and new boundaries move.
+    pub async fn update(&self, key: &str, patch: ExperimentPatch) -> Result<Arc<Experiment>, ExperimentError> {
+        let _write = self.writes.lock().await;
+        let mut experiment = (*self.find(key)?).clone();
+        let at = now();
+        if let Some(next) = patch.status {
+            if !experiment.status.can_become(next) {
+                return Err(ExperimentError::Transition {
+                    name: experiment.name.clone(),
+                    from: experiment.status.as_str(),
+                    to: next.as_str(),
+                });
+            }
+            if next == Status::Running && experiment.started_at.is_none() {
+                experiment.started_at = Some(at.clone());
+            }
+            if next == Status::Stopped && experiment.stopped_at.is_none() {
+                experiment.stopped_at = Some(at.clone());
+            }
+            experiment.status = next;
+        }
+        if let Some(weights) = patch.weights {
+            if experiment.mode != Mode::Ab {
+                return Err(ExperimentError::Invalid(format!(
+                    "weights apply to `ab` experiments; `{}` is `{}`",
+                    experiment.name,
+                    experiment.mode.as_str()
+                )));
+            }
+            for (arm, weight) in &weights {
+                let weight = check_weight(arm, *weight)?;
+                let Some(target) = experiment.arms.iter_mut().find(|a| &a.name == arm) else {
+                    return Err(ExperimentError::Invalid(format!(
+                        "experiment `{}` has no arm `{arm}`",
+                        experiment.name
+                    )));
+                };
+                target.weight = weight;
+            }
+        }
+        if let Some(default) = patch.default {
+            experiment.default = default;
+        }
+        if experiment.status == Status::Archived {
+            experiment.default = false;
+        }
+        experiment.updated_at = at;
+        self.store.save_experiment(&experiment).await?;
+        self.replace_cached(experiment.clone());
+        Ok(Arc::new(experiment))
+    }
+
+    /// Where a search goes: `requested` names an experiment (id or name) or is `None` for the default one;
+    /// `unit` is the unit id (user, session). Assignment reads only the in-memory cache.
+    pub fn route(&self, requested: Option<&str>, unit: Option<&str>) -> Result<Route, ExperimentError> {
+        let experiment = match requested {
+            Some(key) => self.find(key)?,
+            None => match self.default_experiment() {
+                Some(e) => e,
+                None => return Ok(Route::Direct),
+            },
+        };
+        let Some(unit) = unit else {
+            if requested.is_some() {
+                return Err(ExperimentError::Invalid(format!(
+                    "experiment `{}` needs a unit id (`unit_id` or the X-Duet-Unit header) to assign an arm",
+                    experiment.name
+                )));
+            }
+            // The default experiment only applies to requests that say who the user is.
+            return Ok(Route::Direct);
+        };
+        let plan = if experiment.status != Status::Running {
+            Plan::Arm { index: 0, logged: false }
+        } else {
+            match experiment.mode {
+                Mode::Ab => Plan::Arm { index: assign::assign(&experiment.arms, &experiment.salt, unit), logged: true },
+                Mode::Interleave => Plan::Interleave,
+                Mode::Shadow => Plan::Shadow,
+            }
+        };
+        Ok(Route::Experiment { experiment, unit_id: unit.to_string(), plan })
+    }
+
+    /// Records a feedback event after checking that the request was logged and showed the document.
+    pub async fn feedback(&self, feedback: Feedback) -> Result<FeedbackReceipt, ExperimentError> {
+        let mut shown = self.store.shown(&feedback.request_id).await?;
+        if shown.is_none() {
+            // The exposure may still be queued: write the queue out and look again.
+            self.log.flush().await;
+            shown = self.store.shown(&feedback.request_id).await?;
+        }
+        let shown = shown.ok_or_else(|| ExperimentError::UnknownRequest(feedback.request_id.clone()))?;
+        let item = shown.items.iter().find(|i| i.doc_id == feedback.doc_id).ok_or_else(|| {
+            ExperimentError::NotShown { request_id: feedback.request_id.clone(), doc_id: feedback.doc_id.clone() }
+        })?;
+        if let Some(position) = feedback.position {
+            if position != item.position {
+                return Err(ExperimentError::Invalid(format!(
+                    "document `{}` was shown at position {}, not {position}",
+                    item.doc_id, item.position
+                )));
+            }
+        }
+        let inserted =
+            self.store.add_feedback(&feedback.request_id, &item.doc_id, feedback.event.as_str(), item.position).await?;
+        let experiment = self
+            .all()
+            .iter()
+            .find(|e| e.id == shown.experiment_id)
+            .map(|e| e.name.clone())
+            .unwrap_or_else(|| shown.experiment_id.clone());
+        if inserted {
+            self.metrics.feedback_events.with_label_values(&[&experiment, &item.team, feedback.event.as_str()]).inc();
+        }
+        Ok(FeedbackReceipt {
+            request_id: feedback.request_id,
+            doc_id: item.doc_id.clone(),
+            event: feedback.event,
+            position: item.position,
+            experiment,
+            arm: item.team.clone(),
+            duplicate: !inserted,
+        })
+    }
+
+    fn replace_cached(&self, experiment: Experiment) {
+        let mut cache = self.cache.write();
+        let mut all: Vec<Arc<Experiment>> = cache.iter().cloned().collect();
+        if experiment.default {
+            // The store unset the previous default in the same transaction.
+            for e in all.iter_mut().filter(|e| e.default && e.id != experiment.id) {
+                let mut e2 = (**e).clone();
+                e2.default = false;
+                *e = Arc::new(e2);
+            }
+        }
+        match all.iter().position(|e| e.id == experiment.id) {
+            Some(i) => all[i] = Arc::new(experiment),
+            None => all.push(Arc::new(experiment)),
+        }
+        *cache = Arc::new(all);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(mode: Mode, arms: &[(&str, Option<&str>, Option<f64>)]) -> NewExperiment {
+        NewExperiment {
+            name: "exp-1".into(),
+            mode,
+            arms: arms
+                .iter()
+                .map(|(m, n, w)| NewArm { model: m.to_string(), name: n.map(str::to_string), weight: *w })
+                .collect(),
+            salt: None,
+            default: false,
+            status: None,
+        }
+    }
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let models = vec!["a".to_string(), "b".to_string()];
+        let ok = validate(&new(Mode::Ab, &[("a", None, Some(3.0)), ("b", None, None)]), &models).unwrap();
+        assert_eq!(ok[0], Arm { name: "a".into(), model: "a".into(), weight: 3.0 });
+        assert_eq!(ok[1].weight, 1.0);
+        let err = |e: NewExperiment| validate(&e, &models).unwrap_err().to_string();
+        assert!(err(new(Mode::Ab, &[("a", None, None)])).contains("2 to 8 arms"));
+        assert!(err(new(Mode::Interleave, &[("a", None, None); 3])).contains("exactly 2"));
+        assert!(err(new(Mode::Ab, &[("a", None, None), ("c", None, None)])).contains("`c` is not served"));
+        assert!(err(new(Mode::Ab, &[("a", None, None), ("a", None, None)])).contains("two arms are named"));
+        assert!(err(new(Mode::Ab, &[("a", None, Some(0.0)), ("b", None, None)])).contains("positive"));
+        assert!(err(new(Mode::Ab, &[("a", None, Some(f64::NAN)), ("b", None, None)])).contains("positive"));
+        // A/A: the same model twice under two names.
+        let aa = validate(&new(Mode::Ab, &[("a", Some("a1"), None), ("a", Some("a2"), None)]), &models).unwrap();
+        assert_eq!(aa.len(), 2);
+        let mut bad_name = new(Mode::Ab, &[("a", None, None), ("b", None, None)]);
+        bad_name.name = "has space".into();
+        assert!(err(bad_name).contains("experiment name"));
+    }
+
+    #[test]
+    fn the_life_cycle_goes_forward_only() {
+        use Status::*;
+        assert!(Draft.can_become(Running));
+        assert!(Running.can_become(Paused) && Paused.can_become(Running));
+        assert!(Running.can_become(Stopped) && Stopped.can_become(Archived));
+        assert!(!Stopped.can_become(Running), "a stopped experiment stays stopped");
+        assert!(!Running.can_become(Archived), "stop before archiving");
+        assert!(!Archived.can_become(Draft));
+    }
+}
