@@ -49,6 +49,7 @@ async fn every_spec_route_answers_and_the_spec_is_served() {
         let request = match method.as_str() {
             "GET" => server.client.get(url),
             "POST" => server.client.post(url).json(&serde_json::json!({})),
+            "PATCH" => server.client.patch(url).json(&serde_json::json!({})),
             "DELETE" => server.client.delete(url),
             other => panic!("unexpected method {other}"),
         };
