@@ -40,6 +40,86 @@ enum Command {
     /// document.onnx, tokenizer.json, model.toml, and report.json (validation recall@10 and MRR@10, speed).
     /// Hyper-parameters come from --config, then the flags below; the test split is never read.
     Train(TrainArgs),
+    /// Simulated users against a running server: replay held-out pairs under an experiment (clicks from a
+    /// position-biased model sent as feedback), or measure how many impressions A/B and interleaving need.
+    #[command(subcommand)]
+    Simulate(SimulateCommand),
+}
+
+#[derive(Subcommand)]
+enum SimulateCommand {
+    /// Replay test pairs as searches by simulated units under an experiment, send their clicks as feedback,
+    /// and print the experiment's report with the latency of experiment searches next to explicit-model ones.
+    Replay(ReplayArgs),
+    /// Fetch two models' rankings for the test queries, then simulate many A/B tests and interleaving
+    /// experiments offline and print the impressions each needs to pick the better model at p < alpha.
+    Power(PowerArgs),
+}
+
+#[derive(Args)]
+struct SimulationArgs {
+    /// Base URL of the running server.
+    #[arg(long, env = "DUET_SIMULATE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Data folder with test.jsonl ({"query","doc_id"} per line); the relevant documents must be served.
+    #[arg(long, env = "DUET_SIMULATE_DATA")]
+    data: PathBuf,
+    /// Use the first N distinct test queries.
+    #[arg(long, env = "DUET_SIMULATE_QUERIES", default_value_t = 500)]
+    queries: usize,
+    /// Results shown per search.
+    #[arg(long, env = "DUET_SIMULATE_K", default_value_t = 10)]
+    k: usize,
+    /// Position bias: a result at rank r is examined with probability 1 / r^eta.
+    #[arg(long, env = "DUET_SIMULATE_ETA", default_value_t = 1.0)]
+    eta: f64,
+    /// Probability of clicking an examined relevant result.
+    #[arg(long, env = "DUET_SIMULATE_CLICK_RELEVANT", default_value_t = 0.9)]
+    click_relevant: f64,
+    /// Probability of clicking an examined non-relevant result.
+    #[arg(long, env = "DUET_SIMULATE_CLICK_NOISE", default_value_t = 0.05)]
+    click_noise: f64,
+    #[arg(long, env = "DUET_SIMULATE_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Also write the outcome as JSON here.
+    #[arg(long, env = "DUET_SIMULATE_OUT")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: SimulationArgs,
+    /// Experiment (id or name) to search under; it should be running.
+    #[arg(long, env = "DUET_SIMULATE_EXPERIMENT")]
+    experiment: String,
+    /// Model searched explicitly (no experiment) for the same queries, to compare latency side by side.
+    #[arg(long, env = "DUET_SIMULATE_BASELINE_MODEL")]
+    baseline_model: String,
+    /// Number of simulated units (queries are assigned to them round-robin).
+    #[arg(long, env = "DUET_SIMULATE_USERS", default_value_t = 200)]
+    users: usize,
+}
+
+#[derive(Args)]
+struct PowerArgs {
+    #[command(flatten)]
+    common: SimulationArgs,
+    /// The two models to compare, comma-separated.
+    #[arg(long, env = "DUET_SIMULATE_MODELS", value_delimiter = ',', num_args = 2)]
+    models: Vec<String>,
+    /// Simulated experiments per design.
+    #[arg(long, env = "DUET_SIMULATE_RUNS", default_value_t = 200)]
+    runs: usize,
+    /// Give up on a run after this many impressions.
+    #[arg(long, env = "DUET_SIMULATE_MAX_IMPRESSIONS", default_value_t = 100_000)]
+    max_impressions: usize,
+    /// Test after every N impressions.
+    #[arg(long, env = "DUET_SIMULATE_CHECK_EVERY", default_value_t = 50)]
+    check_every: usize,
+    /// Significance level.
+    #[arg(long, env = "DUET_SIMULATE_ALPHA", default_value_t = 0.05)]
+    alpha: f64,
 }
 
 #[derive(Args)]
@@ -592,5 +672,116 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Mine(MineCommand::PythonDocstrings(args)) => mine_python(args),
         Command::Train(args) => train(args),
+        Command::Simulate(SimulateCommand::Replay(args)) => simulate_replay(args).await,
+        Command::Simulate(SimulateCommand::Power(args)) => simulate_power(args).await,
     }
+}
+
+fn click_model(args: &SimulationArgs) -> anyhow::Result<duet::experiment::simulate::ClickModel> {
+    let probability = |x: f64| (0.0..=1.0).contains(&x);
+    anyhow::ensure!(
+        probability(args.click_relevant) && probability(args.click_noise) && args.eta >= 0.0,
+        "click probabilities must lie in [0, 1] and --eta must not be negative"
+    );
+    Ok(duet::experiment::simulate::ClickModel { eta: args.eta, relevant: args.click_relevant, noise: args.click_noise })
+}
+
+fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what} {{per_sec}} eta {{eta}}"))
+            .expect("valid template"),
+    );
+    bar
+}
+
+fn write_json(path: &Option<PathBuf>, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(value)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn simulate_replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use duet::experiment::simulate;
+    let c = &args.common;
+    let clicks = click_model(c)?;
+    let queries = simulate::load_queries(&c.data.join("test.jsonl"), c.queries)?;
+    let bar = progress_bar(queries.len(), "searches");
+    let server = c.server.trim_end_matches('/');
+    let outcome = simulate::replay(
+        server,
+        &args.experiment,
+        &args.baseline_model,
+        &queries,
+        args.users,
+        c.k,
+        clicks,
+        c.seed,
+        |n| bar.set_position(n as u64),
+    )
+    .await?;
+    bar.finish_and_clear();
+    let (e, b) = (&outcome.experiment_latency_ms, &outcome.baseline_latency_ms);
+    println!("{} searches by {} units, {} clicks", outcome.searches, args.users, outcome.clicks);
+    println!("| latency (ms, client side) | p50 | p90 | p99 | mean |");
+    println!("|---|---|---|---|---|");
+    println!("| experiment `{}` | {:.2} | {:.2} | {:.2} | {:.2} |", args.experiment, e.p50, e.p90, e.p99, e.mean);
+    println!("| model `{}` alone | {:.2} | {:.2} | {:.2} | {:.2} |", args.baseline_model, b.p50, b.p90, b.p99, b.mean);
+    println!("| ratio | {:.2} | {:.2} | {:.2} | {:.2} |", e.p50 / b.p50, e.p90 / b.p90, e.p99 / b.p99, e.mean / b.mean);
+    println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+    write_json(&c.out, &outcome)
+}
+
+async fn simulate_power(args: PowerArgs) -> anyhow::Result<()> {
+    use duet::experiment::simulate::{self, PowerSettings};
+    let c = &args.common;
+    anyhow::ensure!(args.models.len() == 2, "--models takes exactly two models");
+    anyhow::ensure!(
+        args.runs > 0 && args.check_every > 0 && args.max_impressions > 0,
+        "runs, check-every and max-impressions must be positive"
+    );
+    let settings = PowerSettings {
+        runs: args.runs,
+        max_impressions: args.max_impressions,
+        check_every: args.check_every,
+        alpha: args.alpha,
+        k: c.k,
+        seed: c.seed,
+        clicks: click_model(c)?,
+    };
+    let queries = simulate::load_queries(&c.data.join("test.jsonl"), c.queries)?;
+    let bar = progress_bar(queries.len(), "queries");
+    let models = [args.models[0].as_str(), args.models[1].as_str()];
+    let server = c.server.trim_end_matches('/');
+    let rankings = simulate::fetch_rankings(server, models, &queries, c.k, |n| bar.set_position(n as u64)).await?;
+    bar.finish_and_clear();
+    let started = std::time::Instant::now();
+    let outcome = simulate::power(&rankings, &queries, &settings);
+    println!(
+        "{} queries; offline MRR@{}: {} {:.3}, {} {:.3} (better: {}); {} runs per design, a test every {} impressions, alpha {}",
+        outcome.queries, c.k, models[0], outcome.mrr[0], models[1], outcome.mrr[1], models[outcome.better],
+        settings.runs, settings.check_every, settings.alpha
+    );
+    println!("| design | decided | correct | median impressions | p90 impressions |");
+    println!("|---|---|---|---|---|");
+    for d in [&outcome.ab, &outcome.interleave] {
+        let show = |x: Option<usize>| x.map_or_else(|| format!("> {}", settings.max_impressions), |n| n.to_string());
+        println!(
+            "| {} | {}/{} | {}/{} | {} | {} |",
+            d.design,
+            d.decided,
+            d.runs,
+            d.correct,
+            d.runs,
+            show(d.median_impressions),
+            show(d.p90_impressions)
+        );
+    }
+    eprintln!("simulated in {:.1} s", started.elapsed().as_secs_f64());
+    write_json(&c.out, &serde_json::json!({"settings": settings, "models": models, "outcome": outcome}))
 }

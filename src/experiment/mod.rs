@@ -13,6 +13,7 @@ pub mod assign;
 pub mod exposure;
 pub mod interleave;
 pub mod report;
+pub mod simulate;
 pub mod stats;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,402 @@
+//! Simulated users for experiments: held-out (query, relevant document) pairs replayed as searches, with a
+//! position-biased click model on what is shown.
+//!
+//! - [`replay`] drives a running server: each pair is one search by a simulated unit under an experiment, its
+//!   clicks are sent as feedback, and an explicit-model search of the same query measures the latency overhead
+//!   of the experiment side by side. The experiment's own report then tells the outcome.
+//! - [`power`] answers "how much traffic does each design need?": it fetches both models' rankings once, then
+//!   runs many simulated A/B tests and interleaving experiments offline (with the server's own team-draft and
+//!   tests) and counts the impressions until the first p < alpha, checking every `check_every` impressions.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::interleave::{outcome, team_draft, Outcome};
+use super::stats;
+use crate::train::rng::Rng;
+
+/// Position-biased clicks: a result at 1-based rank r is examined with probability 1 / r^eta; an examined result
+/// is clicked with probability `relevant` when it is the query's relevant document and `noise` otherwise.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ClickModel {
+    pub eta: f64,
+    pub relevant: f64,
+    pub noise: f64,
+}
+
+impl Default for ClickModel {
+    fn default() -> Self {
+        Self { eta: 1.0, relevant: 0.9, noise: 0.05 }
+    }
+}
+
+impl ClickModel {
+    /// The 0-based positions clicked in `shown`.
+    pub fn clicks(&self, shown: &[String], relevant: &HashSet<String>, rng: &mut Rng) -> Vec<usize> {
+        let mut clicked = Vec::new();
+        for (i, id) in shown.iter().enumerate() {
+            let examine = 1.0 / ((i + 1) as f64).powf(self.eta);
+            let p = if relevant.contains(id) { self.relevant } else { self.noise };
+            if rng.uniform() < examine * p {
+                clicked.push(i);
+            }
+        }
+        clicked
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PairLine {
+    query: String,
+    doc_id: String,
+}
+
+/// Queries with their relevant documents, in file order (duplicated queries merged).
+pub fn load_queries(path: &Path, limit: usize) -> anyhow::Result<Vec<(String, HashSet<String>)>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut order: Vec<String> = Vec::new();
+    let mut relevant: HashMap<String, HashSet<String>> = HashMap::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let pair: PairLine =
+            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        let entry = relevant.entry(pair.query.clone()).or_default();
+        if entry.is_empty() {
+            order.push(pair.query.clone());
+        }
+        entry.insert(pair.doc_id);
+    }
+    Ok(order
+        .into_iter()
+        .take(limit)
+        .map(|q| {
+            let r = relevant.remove(&q).unwrap_or_default();
+            (q, r)
+        })
+        .collect())
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
+    let response = client.post(url).json(body).send().await.with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("POST {url} → {status}: {text}");
+    }
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn result_ids(body: &Value) -> Vec<String> {
+    body["results"]
+        .as_array()
+        .map_or_else(Vec::new, |r| r.iter().filter_map(|h| h["id"].as_str().map(str::to_string)).collect())
+}
+
+/// Client-side latency of searches, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub mean: f64,
+}
+
+fn summarize(mut ms: Vec<f64>) -> LatencySummary {
+    ms.sort_by(f64::total_cmp);
+    LatencySummary {
+        count: ms.len(),
+        p50: stats::quantile(&ms, 0.5),
+        p90: stats::quantile(&ms, 0.9),
+        p99: stats::quantile(&ms, 0.99),
+        mean: if ms.is_empty() { 0.0 } else { ms.iter().sum::<f64>() / ms.len() as f64 },
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayOutcome {
+    pub searches: usize,
+    pub clicks: usize,
+    pub experiment_latency_ms: LatencySummary,
+    /// The same queries searched with `baseline_model` (no experiment), interleaved request by request.
+    pub baseline_latency_ms: LatencySummary,
+    pub report: Value,
+}
+
+/// Replays `queries` against `server` under `experiment` as `users` simulated units (assigned round-robin), sends
+/// their clicks as feedback, and returns the experiment's report.
+#[allow(clippy::too_many_arguments)]
+pub async fn replay(
+    server: &str,
+    experiment: &str,
+    baseline_model: &str,
+    queries: &[(String, HashSet<String>)],
+    users: usize,
+    k: usize,
+    clicks: ClickModel,
+    seed: u64,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<ReplayOutcome> {
+    let client = reqwest::Client::new();
+    let search_url = format!("{server}/v1/search");
+    let mut rng = Rng::new(seed);
+    let (mut exp_ms, mut base_ms) = (Vec::new(), Vec::new());
+    let mut clicked = 0;
+    for (i, (query, relevant)) in queries.iter().enumerate() {
+        let unit = format!("sim-user-{}", i % users.max(1));
+        let started = Instant::now();
+        let body =
+            post(&client, &search_url, &json!({"query": query, "k": k, "experiment": experiment, "unit_id": unit}))
+                .await?;
+        exp_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        post(&client, &search_url, &json!({"query": query, "k": k, "model": baseline_model})).await?;
+        base_ms.push(started.elapsed().as_secs_f64() * 1e3);
+
+        if body["experiment"]["logged"] == true {
+            let shown = result_ids(&body);
+            let request_id = body["request_id"].as_str().unwrap_or_default();
+            for position in clicks.clicks(&shown, relevant, &mut rng) {
+                post(
+                    &client,
+                    &format!("{server}/v1/feedback"),
+                    &json!({"request_id": request_id, "doc_id": shown[position], "event": "click"}),
+                )
+                .await?;
+                clicked += 1;
+            }
+        }
+        progress(i + 1);
+    }
+    let report = client
+        .get(format!("{server}/v1/experiments/{experiment}/report"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(ReplayOutcome {
+        searches: queries.len(),
+        clicks: clicked,
+        experiment_latency_ms: summarize(exp_ms),
+        baseline_latency_ms: summarize(base_ms),
+        report,
+    })
+}
+
+/// Each model's top-k for every query, by explicit-model searches.
+pub async fn fetch_rankings(
+    server: &str,
+    models: [&str; 2],
+    queries: &[(String, HashSet<String>)],
+    k: usize,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<[Vec<Vec<String>>; 2]> {
+    let client = reqwest::Client::new();
+    let url = format!("{server}/v1/search");
+    let mut rankings = [Vec::new(), Vec::new()];
+    for (i, (query, _)) in queries.iter().enumerate() {
+        for (m, model) in models.iter().enumerate() {
+            rankings[m].push(result_ids(&post(&client, &url, &json!({"query": query, "k": k, "model": model})).await?));
+        }
+        progress(i + 1);
+    }
+    Ok(rankings)
+}
+
+/// Settings of the offline power simulation.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PowerSettings {
+    pub runs: usize,
+    pub max_impressions: usize,
+    pub check_every: usize,
+    pub alpha: f64,
+    pub k: usize,
+    pub seed: u64,
+    pub clicks: ClickModel,
+}
+
+/// How one design fared over the runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct DesignOutcome {
+    pub design: &'static str,
+    pub runs: usize,
+    /// Runs that reached p < alpha within `max_impressions`.
+    pub decided: usize,
+    /// Decided runs that picked the model with the higher offline MRR@k.
+    pub correct: usize,
+    /// Impressions to a decision over all runs (undecided runs count as never): median and 90th percentile;
+    /// `null` when fewer than half (or 90 %) of the runs decided.
+    pub median_impressions: Option<usize>,
+    pub p90_impressions: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PowerOutcome {
+    pub queries: usize,
+    /// Offline MRR@k of each model on these queries (the truth the designs should find).
+    pub mrr: [f64; 2],
+    pub better: usize,
+    pub ab: DesignOutcome,
+    pub interleave: DesignOutcome,
+}
+
+fn mrr(rankings: &[Vec<String>], queries: &[(String, HashSet<String>)], k: usize) -> f64 {
+    let total: f64 = rankings
+        .iter()
+        .zip(queries)
+        .map(|(r, (_, rel))| r.iter().take(k).position(|id| rel.contains(id)).map_or(0.0, |p| 1.0 / (p + 1) as f64))
+        .sum();
+    total / queries.len().max(1) as f64
+}
+
+/// One simulated A/B test: units split 50/50, CTR (impressions with a click) compared by the two-proportion
+/// z-test. Returns the impressions to the first p < alpha and the arm found better.
+fn ab_run(
+    rankings: &[Vec<Vec<String>>; 2],
+    queries: &[(String, HashSet<String>)],
+    s: &PowerSettings,
+    rng: &mut Rng,
+) -> Option<(usize, usize)> {
+    let (mut clicked, mut shown) = ([0u64; 2], [0u64; 2]);
+    for i in 1..=s.max_impressions {
+        let arm = rng.below(2);
+        let q = rng.below(queries.len());
+        let list: Vec<String> = rankings[arm][q].iter().take(s.k).cloned().collect();
+        shown[arm] += 1;
+        if !s.clicks.clicks(&list, &queries[q].1, rng).is_empty() {
+            clicked[arm] += 1;
+        }
+        if i % s.check_every == 0 {
+            let t = stats::two_proportion_z(clicked[0], shown[0], clicked[1], shown[1]);
+            if t.p_value < s.alpha {
+                return Some((i, usize::from(t.statistic > 0.0)));
+            }
+        }
+    }
+    None
+}
+
+/// One simulated interleaving experiment: team-draft lists, clicks credited to teams, sign test on wins.
+fn interleave_run(
+    rankings: &[Vec<Vec<String>>; 2],
+    queries: &[(String, HashSet<String>)],
+    s: &PowerSettings,
+    rng: &mut Rng,
+) -> Option<(usize, usize)> {
+    let mut wins = [0u64; 2];
+    for i in 1..=s.max_impressions {
+        let q = rng.below(queries.len());
+        let list = team_draft(&rankings[0][q], &rankings[1][q], s.k, rng.next_u64());
+        let ids: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
+        let mut credit = [0usize; 2];
+        for p in s.clicks.clicks(&ids, &queries[q].1, rng) {
+            credit[list[p].1] += 1;
+        }
+        if let Outcome::Win(team) = outcome(credit) {
+            wins[team] += 1;
+        }
+        if i % s.check_every == 0 && stats::sign_test(wins[0], wins[1]) < s.alpha {
+            return Some((i, usize::from(wins[1] > wins[0])));
+        }
+    }
+    None
+}
+
+fn design(name: &'static str, results: &[Option<(usize, usize)>], better: usize) -> DesignOutcome {
+    let mut needed: Vec<usize> = results.iter().map(|r| r.map_or(usize::MAX, |(n, _)| n)).collect();
+    needed.sort_unstable();
+    let at = |q: f64| {
+        let i = ((q * needed.len() as f64).ceil() as usize).clamp(1, needed.len().max(1)) - 1;
+        needed.get(i).copied().filter(|&n| n != usize::MAX)
+    };
+    DesignOutcome {
+        design: name,
+        runs: results.len(),
+        decided: results.iter().filter(|r| r.is_some()).count(),
+        correct: results.iter().filter(|r| matches!(r, Some((_, w)) if *w == better)).count(),
+        median_impressions: at(0.5),
+        p90_impressions: at(0.9),
+    }
+}
+
+/// Runs the A/B and interleaving simulations on fixed rankings.
+pub fn power(
+    rankings: &[Vec<Vec<String>>; 2],
+    queries: &[(String, HashSet<String>)],
+    s: &PowerSettings,
+) -> PowerOutcome {
+    let m = [mrr(&rankings[0], queries, s.k), mrr(&rankings[1], queries, s.k)];
+    let better = usize::from(m[1] > m[0]);
+    let mut rng = Rng::new(s.seed);
+    let ab: Vec<_> = (0..s.runs).map(|_| ab_run(rankings, queries, s, &mut rng)).collect();
+    let il: Vec<_> = (0..s.runs).map(|_| interleave_run(rankings, queries, s, &mut rng)).collect();
+    PowerOutcome {
+        queries: queries.len(),
+        mrr: m,
+        better,
+        ab: design("ab", &ab, better),
+        interleave: design("interleave", &il, better),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    #[test]
+    fn clicks_follow_position_bias() {
+        let model = ClickModel { eta: 1.0, relevant: 1.0, noise: 0.0 };
+        let shown = ids("d", 5);
+        let mut rng = Rng::new(1);
+        let n = 20_000;
+        for (rank, expected) in [(0usize, 1.0), (1, 0.5), (3, 0.25)] {
+            let relevant: HashSet<String> = [shown[rank].clone()].into();
+            let hits = (0..n).filter(|_| model.clicks(&shown, &relevant, &mut rng) == vec![rank]).count();
+            let share = hits as f64 / n as f64;
+            assert!((share - expected).abs() < 0.015, "rank {}: {share}", rank + 1);
+        }
+    }
+
+    /// Model 0 puts the relevant document first, model 1 third: both designs must find model 0, and
+    /// interleaving with less traffic.
+    #[test]
+    fn both_designs_find_the_better_model_and_interleaving_needs_less_traffic() {
+        let nq = 50;
+        let mut queries = Vec::new();
+        let mut rankings = [Vec::new(), Vec::new()];
+        for q in 0..nq {
+            let rel = format!("rel{q}");
+            let mut good = vec![rel.clone()];
+            good.extend(ids(&format!("q{q}-x"), 9));
+            let mut bad = ids(&format!("q{q}-x"), 2);
+            bad.push(rel.clone());
+            bad.extend(ids(&format!("q{q}-y"), 7));
+            rankings[0].push(good);
+            rankings[1].push(bad);
+            queries.push((format!("query {q}"), [rel].into()));
+        }
+        let settings = PowerSettings {
+            runs: 20,
+            max_impressions: 5_000,
+            check_every: 10,
+            alpha: 0.05,
+            k: 10,
+            seed: 3,
+            clicks: ClickModel::default(),
+        };
+        let out = power(&rankings, &queries, &settings);
+        assert_eq!(out.better, 0);
+        assert!(out.ab.correct >= 18 && out.interleave.correct >= 18, "{out:?}");
+        let (ab, il) = (out.ab.median_impressions.unwrap(), out.interleave.median_impressions.unwrap());
+        assert!(il < ab, "interleaving {il} vs A/B {ab}");
+    }
+}
