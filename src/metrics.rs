@@ -27,6 +27,7 @@ pub struct Metrics {
     pub exposure_write_errors: IntCounter,
     pub exposure_write_duration: Histogram,
     pub feedback_events: IntCounterVec,
+    pub interleave_outcomes: IntGaugeVec,
     pub shadow_overlap: HistogramVec,
     pub shadow_skipped: IntCounterVec,
 }
@@ -145,6 +146,12 @@ impl Metrics {
                 "experiment_feedback_total",
                 "Feedback events recorded (duplicates excluded), by the arm credited (the team, when interleaved).",
                 &["experiment", "arm", "event"],
+            ),
+            interleave_outcomes: gauge(
+                "experiment_interleave_outcomes",
+                "Clicked interleaved impressions by current outcome: the name of the arm with more credited clicks, \
+                 or `tie` (from the store at start-up, then updated on every click).",
+                &["experiment", "outcome"],
             ),
             shadow_overlap: histogram(
                 "experiment_shadow_overlap",

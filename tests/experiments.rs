@@ -381,6 +381,13 @@ async fn interleaving_and_shadow_reports() {
     assert_eq!(r["needed_decided"].as_u64(), Some(stats::sample_size_preference(0.55, 0.05, 0.8).ceil() as u64));
     // 4 of 5 impressions were clicked; first clicks at the positions of the clicked results.
     assert_eq!(r["clicked_impressions"], 4);
+    assert_eq!(report["arms"], json!([]), "interleaved impressions belong to both arms: see `interleave`");
+    // The outcome gauges moved with every click: impression 3 went from a win for `a` to a tie.
+    let text = server.metrics().await;
+    let gauge = |outcome: &str| {
+        metric(&text, &format!(r#"duet_experiment_interleave_outcomes{{experiment="il",outcome="{outcome}"}}"#))
+    };
+    assert_eq!((gauge("a"), gauge("b"), gauge("tie")), (1.0, 2.0, 1.0), "{text}");
 
     let shadow = create(
         &server,

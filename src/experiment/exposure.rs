@@ -2,7 +2,7 @@
 //! arm would have shown), written to the store by one background task, in batches, through a bounded queue.
 //!
 //! The search path only ever calls [`ExposureLog::record`], which never waits: when the queue is full the
-//! record is dropped and `duet_exposures_dropped_total` rises. Feedback, which must find the exposure, first
+//! record is dropped and `duet_experiment_exposures_dropped_total` rises. Feedback, which must find the exposure, first
 //! asks the writer to [`flush`](ExposureLog::flush) what it holds.
 
 use std::sync::Arc;

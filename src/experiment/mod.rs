@@ -322,6 +322,7 @@ pub struct Experiments {
     pub metrics: Arc<Metrics>,
     /// Shadow searches in flight at most; beyond it they are skipped (and counted), never queued.
     pub shadow_slots: Arc<tokio::sync::Semaphore>,
+    feedback_lock: tokio::sync::Mutex<()>,
     /// Serialises changes, so that the store and the cache change in the same order.
     writes: tokio::sync::Mutex<()>,
 }
@@ -338,6 +339,13 @@ impl Experiments {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let all = store.experiments().await?;
+        for e in all.iter().filter(|e| e.mode == Mode::Interleave) {
+            let counts = store.interleave_counts(&e.id, [&e.arms[0].name, &e.arms[1].name]).await?;
+            let gauge = &metrics.interleave_outcomes;
+            gauge.with_label_values(&[&e.name, &e.arms[0].name]).set(counts.wins[0] as i64);
+            gauge.with_label_values(&[&e.name, &e.arms[1].name]).set(counts.wins[1] as i64);
+            gauge.with_label_values(&[&e.name, "tie"]).set(counts.ties as i64);
+        }
         let options = exposure::LogOptions { capacity: settings.exposure_queue, batch: settings.exposure_batch };
         let log = ExposureLog::spawn(store.clone(), options, metrics.clone());
         Ok(Self {
@@ -346,6 +354,7 @@ impl Experiments {
             log,
             metrics,
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(settings.shadow_concurrency.max(1))),
+            feedback_lock: tokio::sync::Mutex::new(()),
             writes: tokio::sync::Mutex::new(()),
         })
     }
@@ -504,16 +513,17 @@ impl Experiments {
                 )));
             }
         }
+        // One event at a time: an interleaved impression's outcome is read back right after its click is written.
+        let _one = self.feedback_lock.lock().await;
         let inserted =
             self.store.add_feedback(&feedback.request_id, &item.doc_id, feedback.event.as_str(), item.position).await?;
-        let experiment = self
-            .all()
-            .iter()
-            .find(|e| e.id == shown.experiment_id)
-            .map(|e| e.name.clone())
-            .unwrap_or_else(|| shown.experiment_id.clone());
+        let found = self.all().iter().find(|e| e.id == shown.experiment_id).cloned();
+        let experiment = found.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| shown.experiment_id.clone());
         if inserted {
             self.metrics.feedback_events.with_label_values(&[&experiment, &item.team, feedback.event.as_str()]).inc();
+            if let Some(e) = found.filter(|e| e.mode == Mode::Interleave && feedback.event == Event::Click) {
+                self.update_outcome(&e, &shown, &feedback.request_id, &item.team).await?;
+            }
         }
         Ok(FeedbackReceipt {
             request_id: feedback.request_id,
@@ -524,6 +534,43 @@ impl Experiments {
             arm: item.team.clone(),
             duplicate: !inserted,
         })
+    }
+
+    /// Moves an interleaved impression between the outcome gauges after a new click credited to `team`.
+    async fn update_outcome(
+        &self,
+        e: &Experiment,
+        shown: &crate::store::Shown,
+        request_id: &str,
+        team: &str,
+    ) -> Result<(), StoreError> {
+        use interleave::{outcome, Outcome};
+        let Some(t) = e.arms.iter().position(|a| a.name == team) else { return Ok(()) };
+        let mut after = [0usize; 2];
+        for doc in self.store.clicked(request_id).await? {
+            let credited = shown.items.iter().find(|i| i.doc_id == doc).map(|i| i.team.as_str());
+            if let Some(k) = credited.and_then(|team| e.arms.iter().position(|a| a.name == team)) {
+                after[k] += 1;
+            }
+        }
+        let mut before = after;
+        before[t] = before[t].saturating_sub(1);
+        let label = |o: Outcome| match o {
+            Outcome::Win(k) => Some(e.arms[k].name.as_str()),
+            Outcome::Tie => Some("tie"),
+            Outcome::NoClick => None,
+        };
+        let (from, to) = (outcome(before), outcome(after));
+        if from != to {
+            let gauge = &self.metrics.interleave_outcomes;
+            if let Some(l) = label(from) {
+                gauge.with_label_values(&[e.name.as_str(), l]).dec();
+            }
+            if let Some(l) = label(to) {
+                gauge.with_label_values(&[e.name.as_str(), l]).inc();
+            }
+        }
+        Ok(())
     }
 
     fn replace_cached(&self, experiment: Experiment) {

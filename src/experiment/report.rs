@@ -164,6 +164,7 @@ pub struct Report {
     pub power: f64,
     pub mde: f64,
     pub min_preference: f64,
+    /// Per serving arm: every arm in A/B, the primary in shadow mode, none when interleaved.
     pub arms: Vec<ArmReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub comparisons: Vec<Comparison>,
@@ -194,9 +195,17 @@ pub async fn build(
     for (arm, ms) in store.latencies(&experiment.id).await? {
         latencies.entry(arm).or_default().push(ms);
     }
+    // The arms that serve impressions: every arm in A/B, the primary in shadow mode; none when interleaved (each
+    // impression shows both; see `interleave`).
+    let serving = match experiment.mode {
+        Mode::Ab => experiment.arms.len(),
+        Mode::Shadow => 1,
+        Mode::Interleave => 0,
+    };
     let arms: Vec<ArmReport> = experiment
         .arms
         .iter()
+        .take(serving)
         .map(|arm| {
             let key = Some(arm.name.clone());
             let empty = ArmOutcome { arm: key.clone(), ..Default::default() };

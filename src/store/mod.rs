@@ -153,6 +153,8 @@ pub trait Store: Send + Sync + 'static {
         event: &str,
         position: u32,
     ) -> Result<bool, StoreError>;
+    /// Documents clicked in a request.
+    async fn clicked(&self, request_id: &str) -> Result<Vec<String>, StoreError>;
     /// Outcomes per arm of an experiment's impressions.
     async fn arm_outcomes(&self, experiment_id: &str) -> Result<Vec<ArmOutcome>, StoreError>;
     /// Interleaving outcomes of an experiment whose teams are `teams`.

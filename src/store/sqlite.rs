@@ -402,6 +402,13 @@ impl Store for SqliteStore {
         Ok(inserted > 0)
     }
 
+    async fn clicked(&self, request_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT doc_id FROM feedback WHERE request_id = ? AND event = 'click'")
+            .bind(request_id)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn arm_outcomes(&self, experiment_id: &str) -> Result<Vec<ArmOutcome>, StoreError> {
         let rows = sqlx::query(
             "SELECT arm, COUNT(*) AS impressions, SUM(clicked) AS clicked, SUM(converted) AS converted,
