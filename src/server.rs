@@ -57,7 +57,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     });
 
     let (tx, rx) = oneshot::channel::<()>();
-    let app = crate::api::router(crate::api::AppState { engine: engine.clone(), experiments: experiments.clone() });
+    let app = crate::api::router(crate::api::AppState {
+        engine: engine.clone(),
+        experiments: experiments.clone(),
+        eval_jobs: Default::default(),
+    });
     let serve = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

@@ -5,6 +5,7 @@
 pub mod documents;
 pub mod embed;
 pub mod error;
+pub mod eval;
 pub mod experiments;
 pub mod feedback;
 pub mod models;
@@ -32,6 +33,7 @@ pub use error::ApiError;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub experiments: Arc<Experiments>,
+    pub eval_jobs: Arc<eval::EvalJobs>,
 }
 
 /// The id of the request, from a valid incoming `X-Request-Id` or freshly made; echoed in the response header.
@@ -64,6 +66,8 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("PATCH", "/v1/experiments/{id}", patch(experiments::update)),
         ("GET", "/v1/experiments/{id}/report", get(experiments::report)),
         ("POST", "/v1/feedback", post(feedback::record)),
+        ("POST", "/v1/eval", post(eval::start)),
+        ("GET", "/v1/eval/{id}", get(eval::get_job)),
     ]
 }
 

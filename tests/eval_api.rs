@@ -1,0 +1,105 @@
+//! `POST /v1/eval` over HTTP: scores equal to what `/v1/search` itself returns, graded pairs, unknown documents
+//! reported, large sets as a pollable job, and client mistakes as 4xx.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{sample_corpus, tiny_config, TestServer};
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_scores_posted_pairs_against_the_live_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(tiny_config(&dir.path().join("duet.db"))).await;
+    let corpus = sample_corpus();
+    assert_eq!(server.post("/v1/documents", &json!({"documents": corpus})).await.0, 200);
+
+    // Queries: the first words of some documents; the relevant document is the one they come from.
+    let pairs: Vec<Value> = corpus
+        .iter()
+        .take(12)
+        .map(|d| {
+            let text = d["text"].as_str().unwrap();
+            let query: String = text.split_whitespace().take(4).collect::<Vec<_>>().join(" ");
+            json!({"query": query, "doc_id": d["id"]})
+        })
+        .collect();
+    let (status, body) = server
+        .post(
+            "/v1/eval",
+            &json!({"pairs": pairs, "models": ["tiny-encoder", "tiny-llm"], "k": [1, 5], "details": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["queries"], 12);
+    for scores in body["models"].as_array().unwrap() {
+        let model = scores["model"].as_str().unwrap();
+        // The reference: the same queries through /v1/search.
+        let (mut rr, mut hit1) = (0.0, 0.0);
+        for p in &pairs {
+            let (_, found) = server.post("/v1/search", &json!({"query": p["query"], "k": 10, "model": model})).await;
+            let ids: Vec<&str> =
+                found["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+            if let Some(pos) = ids.iter().position(|id| *id == p["doc_id"].as_str().unwrap()) {
+                rr += 1.0 / (pos + 1) as f64;
+                hit1 += f64::from(pos == 0);
+            }
+        }
+        let mrr = scores["mrr_at_10"]["value"].as_f64().unwrap();
+        assert!((mrr - rr / 12.0).abs() < 1e-9, "{model}: {mrr} vs {}", rr / 12.0);
+        assert!((scores["recall"]["@1"]["value"].as_f64().unwrap() - hit1 / 12.0).abs() < 1e-9);
+        let ci = scores["mrr_at_10"]["ci95"].as_array().unwrap();
+        assert!(ci[0].as_f64().unwrap() <= mrr && mrr <= ci[1].as_f64().unwrap());
+    }
+    assert_eq!(body["details"].as_array().unwrap().len(), 12);
+
+    // Graded pairs and documents the corpus does not hold.
+    let (status, body) = server
+        .post(
+            "/v1/eval",
+            &json!({"pairs": [
+                {"query": "a detective story about a murder on a train in the snow", "doc_id": "book-detective", "grade": 3},
+                {"query": "a detective story about a murder on a train in the snow", "doc_id": "not-in-corpus", "grade": 1}
+            ], "models": ["tiny-encoder"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["unknown_documents"], json!(["not-in-corpus"]));
+    assert_eq!(body["queries"], 1);
+    // Found first with grade 3, and the grade-1 document is missing: nDCG = 7 / (7 + 1/log2(3)).
+    let ndcg = body["models"][0]["ndcg_at_10"]["value"].as_f64().unwrap();
+    assert!((ndcg - 7.0 / (7.0 + 1.0 / 3f64.log2())).abs() < 1e-9, "{body}");
+
+    // A large set becomes a job.
+    let many: Vec<Value> = (0..150).map(|i| pairs[i % 12].clone()).collect();
+    let response = server
+        .client
+        .post(server.url("/v1/eval"))
+        .json(&json!({"pairs": many, "models": ["tiny-llm"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let (status, job) = server.get(&location).await;
+        assert_eq!(status, 200, "{job}");
+        if job["status"] != "running" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "job not done in 60 s: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!((job["done"].as_u64(), job["total"].as_u64()), (Some(12), Some(12)), "12 distinct queries × 1 model");
+    assert_eq!(server.get("/v1/eval/no-such-job").await.0, 404);
+
+    // Client mistakes.
+    assert_eq!(server.post("/v1/eval", &json!({"pairs": []})).await.0, 422);
+    assert_eq!(server.post("/v1/eval", &json!({"pairs": pairs, "models": ["nope"]})).await.0, 404);
+    assert_eq!(server.post("/v1/eval", &json!({"pairs": pairs, "k": [0]})).await.0, 422);
+    assert_eq!(server.post("/v1/eval", &json!({"pairs": [{"query": " ", "doc_id": "x"}]})).await.0, 422);
+    server.stop().await;
+}
