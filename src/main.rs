@@ -93,7 +93,8 @@ struct ReplayArgs {
     /// Experiment (id or name) to search under; it should be running.
     #[arg(long, env = "DUET_SIMULATE_EXPERIMENT")]
     experiment: String,
-    /// Model searched explicitly (no experiment) for the same queries, to compare latency side by side.
+    /// Model searched explicitly (no experiment) after each interleaved search, to compare latency side by side
+    /// (after an A/B or shadow search, the serving arm's model is searched explicitly).
     #[arg(long, env = "DUET_SIMULATE_BASELINE_MODEL")]
     baseline_model: String,
     /// Number of simulated units (queries are assigned to them round-robin).
@@ -106,7 +107,7 @@ struct PowerArgs {
     #[command(flatten)]
     common: SimulationArgs,
     /// The two models to compare, comma-separated.
-    #[arg(long, env = "DUET_SIMULATE_MODELS", value_delimiter = ',', num_args = 2)]
+    #[arg(long, env = "DUET_SIMULATE_MODELS", value_delimiter = ',', required = true)]
     models: Vec<String>,
     /// Simulated experiments per design.
     #[arg(long, env = "DUET_SIMULATE_RUNS", default_value_t = 200)]
@@ -731,10 +732,56 @@ async fn simulate_replay(args: ReplayArgs) -> anyhow::Result<()> {
     println!("| latency (ms, client side) | p50 | p90 | p99 | mean |");
     println!("|---|---|---|---|---|");
     println!("| experiment `{}` | {:.2} | {:.2} | {:.2} | {:.2} |", args.experiment, e.p50, e.p90, e.p99, e.mean);
-    println!("| model `{}` alone | {:.2} | {:.2} | {:.2} | {:.2} |", args.baseline_model, b.p50, b.p90, b.p99, b.mean);
+    println!("| serving model alone (no experiment) | {:.2} | {:.2} | {:.2} | {:.2} |", b.p50, b.p90, b.p99, b.mean);
     println!("| ratio | {:.2} | {:.2} | {:.2} | {:.2} |", e.p50 / b.p50, e.p90 / b.p90, e.p99 / b.p99, e.mean / b.mean);
-    println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+    print_report(&outcome.report);
     write_json(&c.out, &outcome)
+}
+
+/// The headline of an experiment report (the whole report is in --out).
+fn print_report(r: &serde_json::Value) {
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+    let ci =
+        |v: &serde_json::Value| format!("{:.3} [{:.3}, {:.3}]", f(&v["value"]), f(&v["ci95"][0]), f(&v["ci95"][1]));
+    for arm in r["arms"].as_array().into_iter().flatten() {
+        println!(
+            "arm {}: {} impressions, CTR {}, MRR of the first click {}",
+            arm["name"].as_str().unwrap_or("?"),
+            arm["impressions"],
+            ci(&arm["ctr"]),
+            ci(&arm["mrr_first_click"])
+        );
+    }
+    for c in r["comparisons"].as_array().into_iter().flatten() {
+        println!(
+            "{} vs {}: CTR difference {:+.3}, z {:.2}, p {:.2e}, needed per arm for mde {}: {}",
+            c["treatment"].as_str().unwrap_or("?"),
+            c["control"].as_str().unwrap_or("?"),
+            f(&c["ctr_difference"]),
+            f(&c["z"]),
+            f(&c["p_value"]),
+            r["mde"],
+            c["needed_per_arm"]
+        );
+    }
+    let i = &r["interleave"];
+    if i.is_object() {
+        println!(
+            "interleaving: {} impressions, wins {}, ties {}, no click {}, preference for the second arm {}, sign test p {:.2e}, preferred {}",
+            i["impressions"], i["wins"], i["ties"], i["no_click"], ci(&i["preference_for_second"]), f(&i["sign_test_p"]), i["preferred"]
+        );
+    }
+    let s = &r["shadow"];
+    if s.is_object() {
+        println!(
+            "shadow: {} compared, jaccard@k {}, RBO {}, latency p50 primary {:.2} ms / shadow {:.2} ms",
+            s["compared"],
+            ci(&s["jaccard"]),
+            ci(&s["rbo"]),
+            f(&s["primary_latency_ms"]["p50"]),
+            f(&s["shadow_latency_ms"]["p50"])
+        );
+    }
 }
 
 async fn simulate_power(args: PowerArgs) -> anyhow::Result<()> {

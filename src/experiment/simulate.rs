@@ -122,7 +122,8 @@ pub struct ReplayOutcome {
     pub searches: usize,
     pub clicks: usize,
     pub experiment_latency_ms: LatencySummary,
-    /// The same queries searched with `baseline_model` (no experiment), interleaved request by request.
+    /// The same queries searched with the serving arm's model named explicitly (no experiment), request by
+    /// request right after the experiment search; `baseline_model` for interleaved searches.
     pub baseline_latency_ms: LatencySummary,
     pub report: Value,
 }
@@ -153,8 +154,11 @@ pub async fn replay(
             post(&client, &search_url, &json!({"query": query, "k": k, "experiment": experiment, "unit_id": unit}))
                 .await?;
         exp_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        // The baseline: the same query with the model that served it, named explicitly (no experiment); the
+        // first arm's model (`baseline_model`) when two arms were interleaved.
+        let served_by = body["model"].as_str().unwrap_or(baseline_model);
         let started = Instant::now();
-        post(&client, &search_url, &json!({"query": query, "k": k, "model": baseline_model})).await?;
+        post(&client, &search_url, &json!({"query": query, "k": k, "model": served_by})).await?;
         base_ms.push(started.elapsed().as_secs_f64() * 1e3);
 
         if body["experiment"]["logged"] == true {
