@@ -212,6 +212,12 @@ impl Config {
         {
             return Err(ConfigError::Invalid("limits must be positive (and max_body_bytes at least 1024)".into()));
         }
+        let e = &self.experiments;
+        if e.exposure_queue == 0 || e.exposure_batch == 0 || e.shadow_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "[experiments] exposure_queue, exposure_batch and shadow_concurrency must be positive".into(),
+            ));
+        }
         for m in &self.models {
             let p = &m.index;
             if p.m < 2 || p.m > 255 || p.ef_construction == 0 || p.ef_search == 0 {
@@ -247,6 +253,19 @@ mod tests {
         assert_eq!(config.limits.max_batch, Limits::default().max_batch);
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
         config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_shipped_configs_parse_and_the_example_shows_the_defaults() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let example = Config::from_file(&root.join("examples/tiny.toml")).unwrap();
+        example.validate().unwrap();
+        assert_eq!(example.limits, Limits::default());
+        assert_eq!(example.experiments, ExperimentSettings::default());
+        Config::from_file(&root.join("duet.toml")).unwrap().validate().unwrap();
+        let mut zero = example;
+        zero.experiments.exposure_queue = 0;
+        assert!(zero.validate().unwrap_err().to_string().contains("exposure_queue"));
     }
 
     #[test]
