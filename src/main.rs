@@ -734,6 +734,11 @@ async fn simulate_replay(args: ReplayArgs) -> anyhow::Result<()> {
     println!("| experiment `{}` | {:.2} | {:.2} | {:.2} | {:.2} |", args.experiment, e.p50, e.p90, e.p99, e.mean);
     println!("| serving model alone (no experiment) | {:.2} | {:.2} | {:.2} | {:.2} |", b.p50, b.p90, b.p99, b.mean);
     println!("| ratio | {:.2} | {:.2} | {:.2} | {:.2} |", e.p50 / b.p50, e.p90 / b.p90, e.p99 / b.p99, e.mean / b.mean);
+    let o = &outcome.overhead_ms;
+    println!(
+        "| paired difference (experiment − alone) | {:+.2} | {:+.2} | {:+.2} | {:+.2} |",
+        o.p50, o.p90, o.p99, o.mean
+    );
     print_report(&outcome.report);
     write_json(&c.out, &outcome)
 }

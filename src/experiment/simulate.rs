@@ -125,6 +125,8 @@ pub struct ReplayOutcome {
     /// The same queries searched with the serving arm's model named explicitly (no experiment), request by
     /// request right after the experiment search; `baseline_model` for interleaved searches.
     pub baseline_latency_ms: LatencySummary,
+    /// Per request, experiment search minus its baseline search (paired, so robust to the mix of models).
+    pub overhead_ms: LatencySummary,
     pub report: Value,
 }
 
@@ -145,7 +147,7 @@ pub async fn replay(
     let client = reqwest::Client::new();
     let search_url = format!("{server}/v1/search");
     let mut rng = Rng::new(seed);
-    let (mut exp_ms, mut base_ms) = (Vec::new(), Vec::new());
+    let (mut exp_ms, mut base_ms, mut overhead_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut clicked = 0;
     for (i, (query, relevant)) in queries.iter().enumerate() {
         let unit = format!("sim-user-{}", i % users.max(1));
@@ -160,6 +162,7 @@ pub async fn replay(
         let started = Instant::now();
         post(&client, &search_url, &json!({"query": query, "k": k, "model": served_by})).await?;
         base_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        overhead_ms.push(exp_ms[exp_ms.len() - 1] - base_ms[base_ms.len() - 1]);
 
         if body["experiment"]["logged"] == true {
             let shown = result_ids(&body);
@@ -188,6 +191,7 @@ pub async fn replay(
         clicks: clicked,
         experiment_latency_ms: summarize(exp_ms),
         baseline_latency_ms: summarize(base_ms),
+        overhead_ms: summarize(overhead_ms),
         report,
     })
 }
