@@ -819,13 +819,14 @@ async fn simulate_power(args: PowerArgs) -> anyhow::Result<()> {
         outcome.queries, c.k, models[0], outcome.mrr[0], models[1], outcome.mrr[1], models[outcome.better],
         settings.runs, settings.check_every, settings.alpha
     );
-    println!("| design | decided | correct | median impressions | p90 impressions |");
-    println!("|---|---|---|---|---|");
+    let show = |x: Option<usize>| x.map_or_else(|| format!("> {}", settings.max_impressions), |n| n.to_string());
+    println!("| design | impressions for 80 % power (one test at a fixed horizon) | sequential: decided | correct | median impressions | p90 impressions |");
+    println!("|---|---|---|---|---|---|");
     for d in [&outcome.ab, &outcome.interleave] {
-        let show = |x: Option<usize>| x.map_or_else(|| format!("> {}", settings.max_impressions), |n| n.to_string());
         println!(
-            "| {} | {}/{} | {}/{} | {} | {} |",
+            "| {} | {} | {}/{} | {}/{} | {} | {} |",
             d.design,
+            show(d.impressions_for_80_percent_power),
             d.decided,
             d.runs,
             d.correct,
@@ -833,6 +834,10 @@ async fn simulate_power(args: PowerArgs) -> anyhow::Result<()> {
             show(d.median_impressions),
             show(d.p90_impressions)
         );
+    }
+    println!("power by impressions (A/B, interleaving):");
+    for ((n, a), (_, i)) in outcome.ab.power_curve.iter().zip(&outcome.interleave.power_curve) {
+        println!("  {n:>7}: {a:.2} {i:.2}");
     }
     eprintln!("simulated in {:.1} s", started.elapsed().as_secs_f64());
     write_json(&c.out, &serde_json::json!({"settings": settings, "models": models, "outcome": outcome}))

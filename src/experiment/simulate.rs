@@ -233,14 +233,19 @@ pub struct PowerSettings {
 pub struct DesignOutcome {
     pub design: &'static str,
     pub runs: usize,
-    /// Runs that reached p < alpha within `max_impressions`.
+    /// Sequential use (a test every `check_every` impressions, stop at the first p < alpha — what an impatient
+    /// team does; it inflates false decisions): runs that decided, and decided for the better model.
     pub decided: usize,
-    /// Decided runs that picked the model with the higher offline MRR@k.
     pub correct: usize,
-    /// Impressions to a decision over all runs (undecided runs count as never): median and 90th percentile;
-    /// `null` when fewer than half (or 90 %) of the runs decided.
+    /// Impressions to that first decision over all runs (undecided runs count as never): median and 90th
+    /// percentile; `null` when fewer than half (or 90 %) of the runs decided.
     pub median_impressions: Option<usize>,
     pub p90_impressions: Option<usize>,
+    /// Fixed-horizon power: at each number of impressions, the share of runs whose single test at that point
+    /// is significant and picks the better model.
+    pub power_curve: Vec<(usize, f64)>,
+    /// The fewest impressions on the curve with power ≥ 0.8 (`null`: not reached within `max_impressions`).
+    pub impressions_for_80_percent_power: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -262,31 +267,74 @@ fn mrr(rankings: &[Vec<String>], queries: &[(String, HashSet<String>)], k: usize
     total / queries.len().max(1) as f64
 }
 
+/// The fixed horizons of the power curve: about 1.5× apart, from `check_every` to `max_impressions`.
+pub fn horizons(check_every: usize, max_impressions: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut n = check_every.max(1) as f64;
+    while (n as usize) < max_impressions {
+        let rounded = (n as usize).div_ceil(check_every.max(1)) * check_every.max(1);
+        if out.last() != Some(&rounded) {
+            out.push(rounded);
+        }
+        n *= 1.5;
+    }
+    out.push(max_impressions);
+    out
+}
+
+/// What one simulated experiment saw: its first sequential decision, and at each horizon the significant
+/// direction (if any).
+struct RunTrace {
+    first: Option<(usize, usize)>,
+    at_horizon: Vec<Option<usize>>,
+}
+
+/// One simulated experiment of either design: `step` shows one impression and returns the current test
+/// (p-value, direction) when asked.
+fn run_design(s: &PowerSettings, horizons: &[usize], mut step: impl FnMut(bool) -> Option<(f64, usize)>) -> RunTrace {
+    let mut first = None;
+    let mut at_horizon = Vec::with_capacity(horizons.len());
+    let mut next = 0;
+    for i in 1..=s.max_impressions {
+        let check = i % s.check_every == 0;
+        let at = next < horizons.len() && horizons[next] == i;
+        let test = step(check || at);
+        if let Some((p, direction)) = test {
+            if check && first.is_none() && p < s.alpha {
+                first = Some((i, direction));
+            }
+            if at {
+                at_horizon.push((p < s.alpha).then_some(direction));
+                next += 1;
+            }
+        }
+    }
+    RunTrace { first, at_horizon }
+}
+
 /// One simulated A/B test: units split 50/50, CTR (impressions with a click) compared by the two-proportion
-/// z-test. Returns the impressions to the first p < alpha and the arm found better.
+/// z-test.
 fn ab_run(
     rankings: &[Vec<Vec<String>>; 2],
     queries: &[(String, HashSet<String>)],
     s: &PowerSettings,
+    horizons: &[usize],
     rng: &mut Rng,
-) -> Option<(usize, usize)> {
+) -> RunTrace {
     let (mut clicked, mut shown) = ([0u64; 2], [0u64; 2]);
-    for i in 1..=s.max_impressions {
+    run_design(s, horizons, |test| {
         let arm = rng.below(2);
         let q = rng.below(queries.len());
-        let list: Vec<String> = rankings[arm][q].iter().take(s.k).cloned().collect();
+        let list = &rankings[arm][q][..rankings[arm][q].len().min(s.k)];
         shown[arm] += 1;
-        if !s.clicks.clicks(&list, &queries[q].1, rng).is_empty() {
+        if !s.clicks.clicks(list, &queries[q].1, rng).is_empty() {
             clicked[arm] += 1;
         }
-        if i % s.check_every == 0 {
+        test.then(|| {
             let t = stats::two_proportion_z(clicked[0], shown[0], clicked[1], shown[1]);
-            if t.p_value < s.alpha {
-                return Some((i, usize::from(t.statistic > 0.0)));
-            }
-        }
-    }
-    None
+            (t.p_value, usize::from(t.statistic > 0.0))
+        })
+    })
 }
 
 /// One simulated interleaving experiment: team-draft lists, clicks credited to teams, sign test on wins.
@@ -294,10 +342,11 @@ fn interleave_run(
     rankings: &[Vec<Vec<String>>; 2],
     queries: &[(String, HashSet<String>)],
     s: &PowerSettings,
+    horizons: &[usize],
     rng: &mut Rng,
-) -> Option<(usize, usize)> {
+) -> RunTrace {
     let mut wins = [0u64; 2];
-    for i in 1..=s.max_impressions {
+    run_design(s, horizons, |test| {
         let q = rng.below(queries.len());
         let list = team_draft(&rankings[0][q], &rankings[1][q], s.k, rng.next_u64());
         let ids: Vec<String> = list.iter().map(|(id, _)| id.clone()).collect();
@@ -308,27 +357,34 @@ fn interleave_run(
         if let Outcome::Win(team) = outcome(credit) {
             wins[team] += 1;
         }
-        if i % s.check_every == 0 && stats::sign_test(wins[0], wins[1]) < s.alpha {
-            return Some((i, usize::from(wins[1] > wins[0])));
-        }
-    }
-    None
+        test.then(|| (stats::sign_test(wins[0], wins[1]), usize::from(wins[1] > wins[0])))
+    })
 }
 
-fn design(name: &'static str, results: &[Option<(usize, usize)>], better: usize) -> DesignOutcome {
-    let mut needed: Vec<usize> = results.iter().map(|r| r.map_or(usize::MAX, |(n, _)| n)).collect();
+fn design(name: &'static str, traces: &[RunTrace], horizons: &[usize], better: usize) -> DesignOutcome {
+    let mut needed: Vec<usize> = traces.iter().map(|t| t.first.map_or(usize::MAX, |(n, _)| n)).collect();
     needed.sort_unstable();
     let at = |q: f64| {
         let i = ((q * needed.len() as f64).ceil() as usize).clamp(1, needed.len().max(1)) - 1;
         needed.get(i).copied().filter(|&n| n != usize::MAX)
     };
+    let power_curve: Vec<(usize, f64)> = horizons
+        .iter()
+        .enumerate()
+        .map(|(h, &n)| {
+            let hits = traces.iter().filter(|t| t.at_horizon.get(h).copied().flatten() == Some(better)).count();
+            (n, hits as f64 / traces.len().max(1) as f64)
+        })
+        .collect();
     DesignOutcome {
         design: name,
-        runs: results.len(),
-        decided: results.iter().filter(|r| r.is_some()).count(),
-        correct: results.iter().filter(|r| matches!(r, Some((_, w)) if *w == better)).count(),
+        runs: traces.len(),
+        decided: traces.iter().filter(|t| t.first.is_some()).count(),
+        correct: traces.iter().filter(|t| matches!(t.first, Some((_, w)) if w == better)).count(),
         median_impressions: at(0.5),
         p90_impressions: at(0.9),
+        impressions_for_80_percent_power: power_curve.iter().find(|(_, p)| *p >= 0.8).map(|(n, _)| *n),
+        power_curve,
     }
 }
 
@@ -340,15 +396,16 @@ pub fn power(
 ) -> PowerOutcome {
     let m = [mrr(&rankings[0], queries, s.k), mrr(&rankings[1], queries, s.k)];
     let better = usize::from(m[1] > m[0]);
+    let horizons = horizons(s.check_every, s.max_impressions);
     let mut rng = Rng::new(s.seed);
-    let ab: Vec<_> = (0..s.runs).map(|_| ab_run(rankings, queries, s, &mut rng)).collect();
-    let il: Vec<_> = (0..s.runs).map(|_| interleave_run(rankings, queries, s, &mut rng)).collect();
+    let ab: Vec<_> = (0..s.runs).map(|_| ab_run(rankings, queries, s, &horizons, &mut rng)).collect();
+    let il: Vec<_> = (0..s.runs).map(|_| interleave_run(rankings, queries, s, &horizons, &mut rng)).collect();
     PowerOutcome {
         queries: queries.len(),
         mrr: m,
         better,
-        ab: design("ab", &ab, better),
-        interleave: design("interleave", &il, better),
+        ab: design("ab", &ab, &horizons, better),
+        interleave: design("interleave", &il, &horizons, better),
     }
 }
 
@@ -406,5 +463,17 @@ mod tests {
         assert!(out.ab.correct >= 18 && out.interleave.correct >= 18, "{out:?}");
         let (ab, il) = (out.ab.median_impressions.unwrap(), out.interleave.median_impressions.unwrap());
         assert!(il < ab, "interleaving {il} vs A/B {ab}");
+        let (pa, pi) = (
+            out.ab.impressions_for_80_percent_power.unwrap(),
+            out.interleave.impressions_for_80_percent_power.unwrap(),
+        );
+        assert!(pi <= pa, "fixed horizon: interleaving {pi} vs A/B {pa}");
+        assert!(out.ab.power_curve.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn horizons_grow_geometrically_on_the_check_grid() {
+        assert_eq!(horizons(10, 100), vec![10, 20, 30, 40, 50, 80, 100]);
+        assert_eq!(*horizons(50, 100_000).last().unwrap(), 100_000);
     }
 }
