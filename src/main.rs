@@ -32,7 +32,7 @@ enum Command {
     BenchEncode(BenchEncodeArgs),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
-    Eval(EvalArgs),
+    Eval(Box<EvalCommand>),
     /// Mine (query, result) pairs from source code into corpus.jsonl, train.jsonl, test.jsonl and stats.json.
     #[command(subcommand)]
     Mine(MineCommand),
@@ -207,34 +207,120 @@ struct BenchEncodeArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct EvalCommand {
+    #[command(subcommand)]
+    command: Option<EvalSubcommand>,
+    #[command(flatten)]
+    args: Option<EvalArgs>,
+}
+
+#[derive(Subcommand)]
+enum EvalSubcommand {
+    /// Train the two-tower model on growing subsets of DIR/train.jsonl (e.g. 1k, 4k, 16k, all pairs), score each
+    /// beside the pretrained models on the same sample, plot MRR@10 against pairs and name the crossover points.
+    LearningCurve(LearningCurveArgs),
+    /// Train the two-tower model on another data set (--source) and score it on --data, beside the pretrained
+    /// models and (with --in-domain) a two-tower trained on --data's own pairs.
+    CrossDomain(CrossDomainArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Baseline {
+    Bm25,
+    None,
+}
+
+#[derive(Args)]
 struct EvalArgs {
-    /// Data folder with corpus.jsonl and test.jsonl.
+    /// Data folder with corpus.jsonl and test.jsonl (and, optionally, qrels.tsv with graded relevance).
     #[arg(long, env = "DUET_EVAL_DATA")]
     data: PathBuf,
-    /// Models: names under --models-dir or model folders, comma-separated.
-    #[arg(long, env = "DUET_EVAL_MODELS", value_delimiter = ',', required = true)]
+    /// Models: names under --models-dir or model folders, comma-separated (none: the baseline alone).
+    #[arg(long, env = "DUET_EVAL_MODELS", value_delimiter = ',')]
     models: Vec<String>,
     #[arg(long, env = "DUET_MODELS_DIR", default_value = "models")]
     models_dir: PathBuf,
+    /// Lexical baseline row, computed by Duet (BM25, k1 0.9, b 0.4, identifier splitting).
+    #[arg(long, env = "DUET_EVAL_BASELINE", value_enum, default_value = "bm25")]
+    baseline: Baseline,
     /// Corpus sample size (every relevant document is kept).
     #[arg(long, env = "DUET_EVAL_MAX_DOCS")]
     max_docs: Option<usize>,
     /// Test queries used (a seeded sample).
     #[arg(long, env = "DUET_EVAL_MAX_QUERIES")]
     max_queries: Option<usize>,
-    /// Cut-offs for recall.
+    /// Cut-offs for recall (the largest is also the search depth and the recall curve's end).
     #[arg(long, env = "DUET_EVAL_K", value_delimiter = ',', default_value = "1,10,100")]
     k: Vec<usize>,
+    /// Seed of the samples, the bootstrap and the permutations.
     #[arg(long, env = "DUET_EVAL_SEED", default_value_t = 42)]
     seed: u64,
-    /// Folder for the report (report.md, report.json) and the embedding cache.
+    /// Graded judgements (query-id, doc-id, grade; tab-separated); default: DATA/qrels.tsv when it exists.
+    #[arg(long, env = "DUET_EVAL_QRELS")]
+    qrels: Option<PathBuf>,
+    /// Bootstrap resamples for the 95 % intervals.
+    #[arg(long, env = "DUET_EVAL_BOOTSTRAP", default_value_t = 1000)]
+    bootstrap: usize,
+    /// Random sign flips of the paired randomisation test.
+    #[arg(long, env = "DUET_EVAL_PERMUTATIONS", default_value_t = 5000)]
+    permutations: usize,
+    /// Documents encoded per model to measure encoding speed (0: skip).
+    #[arg(long, env = "DUET_EVAL_COST_DOCS", default_value_t = 64)]
+    cost_docs: usize,
+    /// Queries used for alignment and score gaps (0: skip the embedding-quality section).
+    #[arg(long, env = "DUET_EVAL_QUALITY_QUERIES", default_value_t = 500)]
+    quality_queries: usize,
+    /// Folder for the report (report.md, report.json, plots).
     #[arg(long, env = "DUET_EVAL_OUT", default_value = "reports/eval")]
     out: PathBuf,
+    /// Folder of the embedding caches (one SQLite file per data set, sample size and seed; default OUT/cache):
+    /// runs sharing it encode each sample once per model.
+    #[arg(long, env = "DUET_EVAL_CACHE")]
+    cache: Option<PathBuf>,
     /// Path of libonnxruntime (after ORT_DYLIB_PATH; default: the project's .venv).
     #[arg(long, env = "DUET_ONNXRUNTIME")]
     onnxruntime: Option<PathBuf>,
     #[arg(long, env = "DUET_LOG", default_value = "warn")]
     log: String,
+}
+
+#[derive(Args)]
+struct EvalTrainArgs {
+    /// Training hyper-parameters (TOML, as `duet train --config`).
+    #[arg(long, env = "DUET_EVAL_TRAIN_CONFIG")]
+    train_config: Option<PathBuf>,
+    /// Epochs at most (overrides the config; modest by default to bound the time).
+    #[arg(long, env = "DUET_EVAL_EPOCHS", default_value_t = 3)]
+    epochs: usize,
+}
+
+#[derive(Args)]
+struct LearningCurveArgs {
+    #[command(flatten)]
+    eval: EvalArgs,
+    #[command(flatten)]
+    train: EvalTrainArgs,
+    /// Training pair counts; `all` for every pair of DATA/train.jsonl.
+    #[arg(long, env = "DUET_EVAL_SIZES", value_delimiter = ',', default_value = "1000,4000,16000,all")]
+    sizes: Vec<String>,
+}
+
+#[derive(Args)]
+struct CrossDomainArgs {
+    #[command(flatten)]
+    eval: EvalArgs,
+    #[command(flatten)]
+    train: EvalTrainArgs,
+    /// Data folder to train on (train.jsonl, corpus.jsonl).
+    #[arg(long, env = "DUET_EVAL_SOURCE")]
+    source: PathBuf,
+    /// Also train on --data's own train.jsonl, as the in-domain reference.
+    #[arg(long, env = "DUET_EVAL_IN_DOMAIN")]
+    in_domain: bool,
+    /// Train on a seeded subset of this many pairs (default: all).
+    #[arg(long, env = "DUET_EVAL_MAX_PAIRS")]
+    max_pairs: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -470,76 +556,100 @@ fn bench_encode(args: BenchEncodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    use duet::eval::{self, EvalOptions, EvalReport};
-    let options = EvalOptions {
+fn eval_run_options(args: &EvalArgs) -> anyhow::Result<duet::eval::run::RunOptions> {
+    use duet::eval::{self, run::RunOptions, stats::Resampling, EvalOptions};
+    let data = EvalOptions {
         data: args.data.clone(),
         max_docs: args.max_docs,
         max_queries: args.max_queries,
         ks: args.k.clone(),
         seed: args.seed,
+        qrels: args.qrels.clone(),
     };
-    let (documents, total, pairs) = eval::load(&options)?;
-    let set = args.data.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "data".into());
-    let cache = args.out.join("cache").join(format!(
+    anyhow::ensure!(!args.k.is_empty() && args.k.iter().all(|k| *k > 0), "--k needs positive cut-offs");
+    let set = eval::run::set_name(&args.data);
+    let cache = args.cache.clone().unwrap_or_else(|| args.out.join("cache")).join(format!(
         "{set}-{}-{}.db",
         args.max_docs.map_or("all".into(), |n| n.to_string()),
         args.seed
     ));
-    let config = Config {
-        store: cache,
-        onnxruntime: args.onnxruntime.clone(),
-        models: args
-            .models
-            .iter()
-            .map(|m| ModelEntry {
-                path: eval::model_dir(m, &args.models_dir),
-                // Always build the graph, whatever the sample size, so HNSW is measured against exact search.
-                index: duet::index::IndexParams { exact_below: 0, ..Default::default() },
-                encoder: None,
-            })
-            .collect(),
-        ..Config::default()
-    };
-    config.validate()?;
-    let engine = duet::engine::Engine::open(&config).await?;
-    engine.prepare_indexes().await?;
-    eprintln!("{set}: {} of {total} documents, {} pairs", documents.len(), pairs.len());
-    let bar = ProgressBar::new(documents.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} encoding [{elapsed_precise}] {wide_bar} {pos}/{len} docs ({per_sec})")
-            .expect("valid template"),
-    );
-    let mut report = duet::corpus::ImportReport::default();
-    for chunk in documents.chunks(32) {
-        duet::corpus::write_batch(&engine, chunk.to_vec(), &mut report).await?;
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish();
-    eprintln!("{} documents encoded, {} already cached", report.upserted, report.unchanged);
-    engine.build_graphs().await?;
-    let bar = ProgressBar::new((pairs.len() * 2 * args.models.len()) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} searching [{elapsed_precise}] {wide_bar} {pos}/{len}")
-            .expect("valid template"),
-    );
-    let scores = eval::score(&engine, &pairs, &args.k, |_, _| bar.inc(1)).await?;
-    bar.finish();
-    let queries = scores.first().map(|s| s.queries).unwrap_or(0);
-    let report = EvalReport {
-        data: args.data.display().to_string(),
-        corpus_documents: documents.len(),
-        corpus_total: total,
-        queries,
+    let models = args.models.iter().filter(|m| !m.is_empty()).map(|m| eval::model_dir(m, &args.models_dir)).collect();
+    let mut options = RunOptions::new(data, models, cache);
+    options.onnxruntime = args.onnxruntime.clone();
+    options.bm25 = matches!(args.baseline, Baseline::Bm25);
+    options.resampling = Resampling {
+        bootstrap_resamples: args.bootstrap,
+        permutations: args.permutations,
         seed: args.seed,
-        scores,
+        ..Default::default()
     };
-    std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("report.json"), serde_json::to_string_pretty(&report)? + "\n")?;
-    let md = eval::markdown(&report);
-    std::fs::write(args.out.join("report.md"), &md)?;
-    println!("{md}");
-    engine.close().await;
+    options.cost_documents = args.cost_docs;
+    options.quality_queries = args.quality_queries;
+    options.progress = true;
+    Ok(options)
+}
+
+fn eval_train_config(args: &EvalTrainArgs) -> anyhow::Result<duet::train::TrainConfig> {
+    let mut config = match &args.train_config {
+        Some(path) => duet::train::TrainConfig::from_file(path)?,
+        None => duet::train::TrainConfig::default(),
+    };
+    config.epochs = args.epochs;
+    Ok(config)
+}
+
+async fn eval(command: Box<EvalCommand>) -> anyhow::Result<()> {
+    use duet::eval::{curve, report, run};
+    let command = *command;
+    match command.command {
+        None => {
+            let args = command.args.context("duet eval needs --data (or a subcommand)")?;
+            init_logging(&args.log);
+            let options = eval_run_options(&args)?;
+            anyhow::ensure!(
+                !options.models.is_empty() || options.bm25,
+                "nothing to evaluate: no --models, no baseline"
+            );
+            let report = run::evaluate(&options).await?;
+            run::write_report(&report, &args.out)?;
+            println!("{}", report::markdown(&report));
+            eprintln!("report in {}", args.out.display());
+        }
+        Some(EvalSubcommand::LearningCurve(args)) => {
+            init_logging(&args.eval.log);
+            let sizes = args
+                .sizes
+                .iter()
+                .map(|s| match s.as_str() {
+                    "all" => Ok(None),
+                    n => n.parse::<usize>().map(Some).with_context(|| format!("--sizes: {n:?} is not a count or all")),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let options = curve::CurveOptions {
+                run: eval_run_options(&args.eval)?,
+                sizes,
+                train: eval_train_config(&args.train)?,
+                out: args.eval.out.clone(),
+            };
+            let result = curve::learning_curve(&options).await?;
+            println!("{}", curve::curve_markdown(&result));
+            eprintln!("learning curve in {}", args.eval.out.display());
+        }
+        Some(EvalSubcommand::CrossDomain(args)) => {
+            init_logging(&args.eval.log);
+            let options = curve::CrossDomainOptions {
+                run: eval_run_options(&args.eval)?,
+                source: args.source.clone(),
+                in_domain: args.in_domain,
+                max_pairs: args.max_pairs,
+                train: eval_train_config(&args.train)?,
+                out: args.eval.out.clone(),
+            };
+            let report = curve::cross_domain(&options).await?;
+            println!("{}", report::scores_table(&report));
+            eprintln!("cross-domain report in {}", args.eval.out.display());
+        }
+    }
     Ok(())
 }
 
@@ -667,10 +777,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Verify(args) => verify(args),
         Command::BenchEncode(args) => bench_encode(args),
-        Command::Eval(args) => {
-            init_logging(&args.log);
-            eval(args).await
-        }
+        Command::Eval(command) => eval(command).await,
         Command::Mine(MineCommand::PythonDocstrings(args)) => mine_python(args),
         Command::Train(args) => train(args),
         Command::Simulate(SimulateCommand::Replay(args)) => simulate_replay(args).await,
