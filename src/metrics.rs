@@ -3,6 +3,9 @@
 //! (`/v1/documents/{id}`), models are the configured model names, experiments and arms are the names of
 //! experiments created through the API (validated: at most 64 characters, at most 8 arms).
 
+use std::cell::RefCell;
+
+use prometheus::core::Collector;
 use prometheus::{
     exponential_buckets, linear_buckets, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,6 +33,17 @@ pub struct Metrics {
     pub interleave_outcomes: IntGaugeVec,
     pub shadow_overlap: HistogramVec,
     pub shadow_skipped: IntCounterVec,
+    /// Every metric family registered, with its label names — also those with no series yet (Prometheus' text
+    /// format omits a labelled family until it has one). Dashboards and alert rules are checked against it.
+    pub families: Vec<Family>,
+}
+
+/// A metric family as exported: its full name (`duet_…`), kind and label names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family {
+    pub name: String,
+    pub histogram: bool,
+    pub labels: Vec<String>,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -40,20 +54,29 @@ fn latency_buckets() -> Vec<f64> {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("duet".into()), None).expect("valid registry");
+        let families = RefCell::new(Vec::new());
+        let register = |collector: Box<dyn Collector>, histogram: bool| {
+            families.borrow_mut().extend(collector.desc().into_iter().map(|d| Family {
+                name: format!("duet_{}", d.fq_name),
+                histogram,
+                labels: d.variable_labels.clone(),
+            }));
+            registry.register(collector).expect("unique metric");
+        };
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            register(Box::new(c.clone()), false);
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            register(Box::new(g.clone()), false);
             g
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
             let h =
                 HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            register(Box::new(h.clone()), true);
             h
         };
         let http_labels = &["route", "method", "model", "status"];
@@ -124,13 +147,13 @@ impl Metrics {
             exposure_queue_depth: {
                 let g = IntGauge::new("exposure_queue_depth", "Records waiting to be written to the exposure log.")
                     .expect("valid gauge");
-                registry.register(Box::new(g.clone())).expect("unique metric");
+                register(Box::new(g.clone()), false);
                 g
             },
             exposure_write_errors: {
                 let c = IntCounter::new("exposure_write_errors_total", "Exposure records lost to store errors.")
                     .expect("valid counter");
-                registry.register(Box::new(c.clone())).expect("unique metric");
+                register(Box::new(c.clone()), false);
                 c
             },
             exposure_write_duration: {
@@ -139,7 +162,7 @@ impl Metrics {
                         .buckets(latency_buckets()),
                 )
                 .expect("valid histogram");
-                registry.register(Box::new(h.clone())).expect("unique metric");
+                register(Box::new(h.clone()), true);
                 h
             },
             feedback_events: counter(
@@ -164,6 +187,7 @@ impl Metrics {
                 "Shadow searches not run (too many in flight) or failed.",
                 &["experiment", "reason"],
             ),
+            families: families.into_inner(),
             registry,
         }
     }
@@ -199,5 +223,138 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("duet_search_duration_seconds_bucket"), "{text}");
+    }
+
+    #[test]
+    fn families_list_every_metric_with_its_labels_before_it_has_series() {
+        let m = Metrics::new();
+        let feedback = m.families.iter().find(|f| f.name == "duet_experiment_feedback_total").expect("registered");
+        assert_eq!(feedback.labels, ["experiment", "arm", "event"]);
+        assert!(!feedback.histogram);
+        assert!(m.families.iter().any(|f| f.name == "duet_exposure_write_duration_seconds" && f.histogram));
+        // Everything rendered once every family has a series is in `families`, and nothing else.
+        m.http_requests.with_label_values(&["/", "GET", "", "200"]).inc();
+        let rendered: std::collections::BTreeSet<String> =
+            m.registry.gather().iter().map(|f| f.get_name().to_string()).collect();
+        assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
+        assert_eq!(m.families.len(), 20, "one per field of Metrics");
+    }
+
+    /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and
+    /// `by (a, b)` clauses. Returns (metric names, labels named in matchers per metric, labels in by-clauses).
+    fn promql_references(expr: &str) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
+        let bytes = expr.as_bytes();
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        let (mut names, mut matchers, mut grouping) = (Vec::new(), Vec::new(), Vec::new());
+        let mut i = 0;
+        while i < bytes.len() {
+            if expr[i..].starts_with("duet_") && (i == 0 || !ident(bytes[i - 1])) {
+                let end = (i..bytes.len()).find(|&j| !ident(bytes[j])).unwrap_or(bytes.len());
+                let name = expr[i..end].to_string();
+                names.push(name.clone());
+                i = end;
+                if bytes.get(i) == Some(&b'{') {
+                    let close = i + expr[i..].find('}').expect("closed matcher");
+                    for matcher in expr[i + 1..close].split(',') {
+                        let key = matcher.split(['=', '!']).next().unwrap_or("").trim();
+                        if !key.is_empty() {
+                            matchers.push((name.clone(), key.to_string()));
+                        }
+                    }
+                    i = close;
+                }
+            } else if expr[i..].starts_with("by (") && (i == 0 || !ident(bytes[i - 1])) {
+                let close = i + expr[i..].find(')').expect("closed by clause");
+                grouping.extend(expr[i + 4..close].split(',').map(|l| l.trim().to_string()));
+                i = close;
+            }
+            i += 1;
+        }
+        (names, matchers, grouping)
+    }
+
+    /// Checks one dashboard or alert expression against the registry's families.
+    fn check_expression(m: &Metrics, origin: &str, expr: &str) -> Vec<String> {
+        let family = |name: &str| {
+            m.families.iter().find(|f| {
+                f.name == name
+                    || (f.histogram
+                        && ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s) == Some(f.name.as_str())))
+            })
+        };
+        let (names, matchers, grouping) = promql_references(expr);
+        let mut problems = Vec::new();
+        let mut labels: Vec<String> = vec!["le".into(), "job".into(), "instance".into()];
+        for name in &names {
+            match family(name) {
+                Some(f) => labels.extend(f.labels.iter().cloned()),
+                None => problems.push(format!("{origin}: unknown metric {name} in `{expr}`")),
+            }
+        }
+        for (name, label) in matchers {
+            if let Some(f) = family(&name) {
+                if label != "le" && !f.labels.contains(&label) {
+                    problems.push(format!("{origin}: {name} has no label {label} in `{expr}`"));
+                }
+            }
+        }
+        for label in grouping.iter().filter(|l| !labels.contains(l)) {
+            problems.push(format!("{origin}: no metric of `{expr}` has the label {label} it groups by"));
+        }
+        problems
+    }
+
+    #[test]
+    fn promql_references_finds_names_matchers_and_grouping() {
+        let (names, matchers, grouping) = promql_references(
+            r#"histogram_quantile(0.99, sum by (le, model) (rate(duet_a_bucket{route="/x", status=~"5.."}[5m]))) / duet_b"#,
+        );
+        assert_eq!(names, ["duet_a_bucket", "duet_b"]);
+        assert_eq!(
+            matchers,
+            [("duet_a_bucket".to_string(), "route".to_string()), ("duet_a_bucket".into(), "status".into())]
+        );
+        assert_eq!(grouping, ["le", "model"]);
+        let m = Metrics::new();
+        assert!(check_expression(&m, "t", "sum by (model) (rate(duet_http_requests_total[1m]))").is_empty());
+        assert_eq!(check_expression(&m, "t", "rate(duet_http_request_total[1m])").len(), 1, "misspelt metric");
+        assert_eq!(check_expression(&m, "t", "sum by (arm) (duet_documents)").len(), 1, "label it lacks");
+        assert_eq!(check_expression(&m, "t", r#"duet_documents{arm="a"}"#).len(), 1, "matcher it lacks");
+    }
+
+    /// The shipped Grafana dashboard and Prometheus alert rules (docker/) name only metrics and labels the
+    /// server exports: renaming a metric fails here instead of blanking a panel or silencing an alert.
+    #[test]
+    fn shipped_dashboard_and_alert_rules_match_the_exported_metrics() {
+        let m = Metrics::new();
+        let mut problems = Vec::new();
+        let mut checked = 0;
+
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../docker/grafana/dashboards/duet.json")).expect("dashboard is JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        for panel in panels {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("a PromQL expr per target");
+                problems.extend(check_expression(&m, panel["title"].as_str().unwrap_or("?"), expr));
+                checked += 1;
+            }
+        }
+        for variable in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+            let query = variable["definition"].as_str().expect("variable query");
+            problems.extend(check_expression(&m, "template variable", query));
+        }
+
+        let alerts: serde_json::Value =
+            serde_norway::from_str(include_str!("../docker/prometheus/alerts.yml")).expect("alert rules are YAML");
+        for group in alerts["groups"].as_array().expect("groups") {
+            for rule in group["rules"].as_array().expect("rules") {
+                let expr = rule["expr"].as_str().expect("alert expr");
+                problems.extend(check_expression(&m, rule["alert"].as_str().unwrap_or("?"), expr));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 25, "only {checked} expressions found");
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }
