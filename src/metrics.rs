@@ -235,7 +235,7 @@ mod tests {
         // Everything rendered once every family has a series is in `families`, and nothing else.
         m.http_requests.with_label_values(&["/", "GET", "", "200"]).inc();
         let rendered: std::collections::BTreeSet<String> =
-            m.registry.gather().iter().map(|f| f.get_name().to_string()).collect();
+            m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
         assert_eq!(m.families.len(), 20, "one per field of Metrics");
     }
