@@ -47,6 +47,7 @@ fn config(pooling: TowerPooling) -> TrainConfig {
         validation_fraction: 0.2,
         validation_candidates: 1000,
         patience: 8,
+        hard_negatives: true,
         ..Default::default()
     }
 }
@@ -89,7 +90,7 @@ fn export_difference(dir: &Path, trained: &Trained) -> f32 {
 fn a_tiny_model_learns_and_its_onnx_towers_match_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
     write_pairs(dir.path(), 400);
-    // The defaults mine BM25 hard negatives and start from IDF-scaled rows; the last run adds n-gram features.
+    // BM25 hard negatives, IDF-scaled starting rows (the default); the last run adds n-gram features.
     let ngrams = TrainConfig { ngram_buckets: 256, ..config(TowerPooling::Attention) };
     for (pooling, out, config) in [
         (TowerPooling::Mean, "mean", config(TowerPooling::Mean)),
