@@ -47,6 +47,7 @@ fn config(pooling: TowerPooling) -> TrainConfig {
         validation_fraction: 0.2,
         validation_candidates: 1000,
         patience: 8,
+        hard_negatives: true,
         ..Default::default()
     }
 }
@@ -89,8 +90,15 @@ fn export_difference(dir: &Path, trained: &Trained) -> f32 {
 fn a_tiny_model_learns_and_its_onnx_towers_match_the_trainer() {
     let dir = tempfile::tempdir().unwrap();
     write_pairs(dir.path(), 400);
-    for (pooling, out) in [(TowerPooling::Mean, "mean"), (TowerPooling::Attention, "attention")] {
-        let trained = run(dir.path(), out, config(pooling));
+    // BM25 hard negatives, IDF-scaled starting rows (the default); the last run adds n-gram features.
+    let ngrams = TrainConfig { ngram_buckets: 256, ..config(TowerPooling::Attention) };
+    for (pooling, out, config) in [
+        (TowerPooling::Mean, "mean", config(TowerPooling::Mean)),
+        (TowerPooling::Attention, "attention", config(TowerPooling::Attention)),
+        (TowerPooling::Attention, "ngrams", ngrams),
+    ] {
+        let trained = run(dir.path(), out, config);
+        assert!(trained.report.hard_negative_pairs > 0, "{out}: no hard negatives mined");
         let r = &trained.report;
         assert_eq!(r.validation_pairs, 80);
         assert_eq!(r.validation_candidates, 400);
@@ -102,8 +110,32 @@ fn a_tiny_model_learns_and_its_onnx_towers_match_the_trainer() {
             assert!(model.join(file).is_file(), "{file}");
         }
         let diff = export_difference(&model, &trained);
-        assert!(diff <= 1e-5, "{pooling:?}: ONNX differs from the trainer by {diff}");
+        assert!(diff <= 1e-5, "{out}: ONNX differs from the trainer by {diff}");
+        if out == "ngrams" {
+            let tower = &trained.model.query;
+            let table = &tower.ngrams.as_ref().expect("n-gram features").table;
+            assert!(table.weights.iter().any(|w| *w != 0.0), "the n-gram rows were never trained");
+        }
     }
+}
+
+/// Hard negatives and IDF initialisation can be switched off, and each setting changes what is trained.
+#[test]
+fn hard_negatives_and_idf_init_change_training_and_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    write_pairs(dir.path(), 200);
+    let base = TrainConfig { epochs: 1, ..config(TowerPooling::Mean) };
+    let plain = run(dir.path(), "plain", TrainConfig { hard_negatives: false, idf_init: false, ..base.clone() });
+    assert_eq!(plain.report.hard_negative_pairs, 0);
+    let hard = run(dir.path(), "hard", TrainConfig { idf_init: false, ..base.clone() });
+    // Every training query shares its words with other documents, so each gets a hard negative, and the harder
+    // batches raise the first epoch's loss.
+    assert_eq!(hard.report.hard_negative_pairs, hard.report.train_pairs);
+    assert!(hard.report.epochs[0].mean_loss > plain.report.epochs[0].mean_loss, "{:?}", hard.report.epochs);
+    let idf = run(dir.path(), "idf", TrainConfig { hard_negatives: false, ..base });
+    let read = |name: &str| std::fs::read(dir.path().join(name).join("query.onnx")).unwrap();
+    assert!(read("idf") != read("plain"), "idf_init changed nothing");
+    assert_eq!(idf.report.hard_negative_pairs, 0);
 }
 
 #[test]

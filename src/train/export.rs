@@ -2,7 +2,7 @@
 //!
 //! Inputs `input_ids` and `attention_mask` (int64 `[batch, seq]`, right or left padding alike); output
 //! `sentence_embedding` (float `[batch, dimension]`, L2-normalised). The graph is the trainer's forward pass on
-//! padded input: Gather → masked mean (or masked softmax attention) → Gemm (Tanh between layers) → x / max(‖x‖, ε).
+//! padded input: Gather (from the token table with any n-gram features folded in) → masked mean (or masked softmax attention) → Gemm (Tanh between layers) → x / max(‖x‖, ε).
 
 use std::path::Path;
 
@@ -64,7 +64,7 @@ pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
     initializer.push(TensorProto::from_f32(
         "embedding",
         vec![table.vocab as i64, table.dim as i64],
-        table.weights.clone(),
+        tower.folded_embedding()?,
     ));
     initializer.push(TensorProto::from_i64("axis1", vec![1], vec![1]));
     initializer.push(TensorProto::from_i64("axis2", vec![1], vec![2]));
@@ -167,8 +167,8 @@ mod tests {
     #[test]
     fn the_graph_parses_back_with_the_serving_names() {
         for (pooling, hidden) in [(TowerPooling::Mean, 0), (TowerPooling::Attention, 5)] {
-            let shape = TowerShape { vocab: 10, embedding: 4, hidden, output: 3, pooling };
-            let tower = Tower::new(shape, &mut Rng::new(2), &candle_core::Device::Cpu).unwrap();
+            let shape = TowerShape { vocab: 10, embedding: 4, hidden, output: 3, pooling, ngram_buckets: 0 };
+            let tower = Tower::new(shape, None, None, &mut Rng::new(2), &candle_core::Device::Cpu).unwrap();
             let bytes = tower_to_onnx(&tower, "test").unwrap();
             let model = onnx_rs::parse(&bytes).unwrap();
             assert_eq!(model.ir_version, IR_VERSION);

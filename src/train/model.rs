@@ -34,6 +34,8 @@ pub struct TowerShape {
     pub hidden: usize,
     pub output: usize,
     pub pooling: TowerPooling,
+    /// Buckets of hashed character n-gram features per token ([`NgramFeatures`]); 0 for none.
+    pub ngram_buckets: usize,
 }
 
 /// Lower bound of a vector norm before division (the exported graph uses the same).
@@ -108,9 +110,168 @@ impl EmbeddingTable {
     }
 }
 
+/// Length of the hashed character n-grams.
+pub const NGRAM: usize = 3;
+
+/// The hashed character n-grams of a token string (DSSM word hashing on BPE tokens): the token marked `<token>`,
+/// every run of [`NGRAM`] characters (the whole marked token if shorter) hashed with FNV-1a into `buckets`,
+/// distinct and ascending. Special tokens (`[PAD]`, `[UNK]`) get none.
+pub fn token_ngrams(token: &str, buckets: usize) -> Vec<u32> {
+    if buckets == 0 || (token.starts_with('[') && token.ends_with(']') && token.len() > 2) {
+        return Vec::new();
+    }
+    let chars: Vec<char> = std::iter::once('<').chain(token.chars()).chain(std::iter::once('>')).collect();
+    let hash = |gram: &[char]| -> u32 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for c in gram {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        (h % buckets as u64) as u32
+    };
+    let mut out: Vec<u32> =
+        if chars.len() <= NGRAM { vec![hash(&chars)] } else { chars.windows(NGRAM).map(hash).collect() };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Per-token scale factors for [`Tower::new`] from document frequencies over `texts` (token id lists): BM25's
+/// idf ln(1 + (N − df + 0.5) / (df + 0.5)) divided by its root mean square over the vocabulary, so the rows keep
+/// their usual size on average. A token no text contains gets the largest idf.
+pub fn idf_scales(texts: &[&[u32]], vocab: usize) -> Vec<f32> {
+    let mut df = vec![0usize; vocab];
+    let mut seen = vec![usize::MAX; vocab];
+    for (i, text) in texts.iter().enumerate() {
+        for &t in *text {
+            let t = t as usize;
+            if t < vocab && seen[t] != i {
+                seen[t] = i;
+                df[t] += 1;
+            }
+        }
+    }
+    let n = texts.len() as f64;
+    let idf: Vec<f64> = df.iter().map(|&d| (1.0 + (n - d as f64 + 0.5) / (d as f64 + 0.5)).ln()).collect();
+    let rms = (idf.iter().map(|x| x * x).sum::<f64>() / vocab.max(1) as f64).sqrt().max(1e-12);
+    idf.iter().map(|x| (x / rms) as f32).collect()
+}
+
+/// A table of hashed character n-gram rows and the buckets of each token id; a token's row is its embedding plus
+/// the mean of its n-gram rows.
+#[derive(Clone)]
+pub struct NgramFeatures {
+    pub table: EmbeddingTable,
+    pub of_token: std::sync::Arc<Vec<Vec<u32>>>,
+}
+
+/// The n-gram rows a set of token rows needs.
+pub struct NgramBatch {
+    /// Distinct buckets, ascending: the rows of the n-gram table to gather.
+    pub buckets: Vec<u32>,
+    /// Per (token, n-gram): the position of the bucket in `buckets`, and the token's row.
+    positions: Tensor,
+    tokens: Tensor,
+    /// 1 / n-grams per token (0 for a token with none): `[tokens, 1]`.
+    scale: Tensor,
+    rows: usize,
+    grams: usize,
+}
+
+impl NgramFeatures {
+    /// The bucket lists without the table (what [`LeafRows`] needs to combine rows).
+    fn clone_shallow(&self) -> Self {
+        Self { table: EmbeddingTable::new(Vec::new(), 0, self.table.dim), of_token: self.of_token.clone() }
+    }
+
+    /// The n-gram rows for the token ids `unique` (a batch's distinct tokens).
+    pub fn batch(&self, unique: &[u32], device: &Device) -> Result<NgramBatch, TrainError> {
+        let mut buckets: Vec<u32> = unique.iter().flat_map(|&t| self.of_token[t as usize].iter().copied()).collect();
+        buckets.sort_unstable();
+        buckets.dedup();
+        let mut positions = Vec::new();
+        let mut tokens = Vec::new();
+        let mut scale = Vec::with_capacity(unique.len());
+        for (row, &t) in unique.iter().enumerate() {
+            let grams = &self.of_token[t as usize];
+            for g in grams {
+                positions.push(buckets.binary_search(g).expect("collected above") as u32);
+                tokens.push(row as u32);
+            }
+            scale.push(if grams.is_empty() { 0.0 } else { 1.0 / grams.len() as f32 });
+        }
+        let grams = positions.len();
+        Ok(NgramBatch {
+            buckets,
+            positions: Tensor::from_vec(positions, grams, device)?,
+            tokens: Tensor::from_vec(tokens, grams, device)?,
+            scale: Tensor::from_vec(scale, (unique.len(), 1), device)?,
+            rows: unique.len(),
+            grams,
+        })
+    }
+
+    /// `[tokens, E]`: the mean n-gram row of each token, from the gathered bucket rows `rows` (`[buckets, E]`,
+    /// a leaf to differentiate in training).
+    pub fn combine(&self, rows: &Tensor, batch: &NgramBatch) -> Result<Tensor, TrainError> {
+        let dim = self.table.dim;
+        let zeros = Tensor::zeros((batch.rows, dim), DType::F32, rows.device())?;
+        if batch.grams == 0 {
+            return Ok(zeros);
+        }
+        let per_gram = rows.index_select(&batch.positions, 0)?;
+        Ok(zeros.index_add(&batch.tokens, &per_gram, 0)?.broadcast_mul(&batch.scale)?)
+    }
+}
+
+/// A batch's rows of a tower's sparse tables as leaf variables: the token rows and, with n-grams, the bucket rows.
+pub struct LeafRows {
+    unique: Vec<u32>,
+    tokens: Var,
+    ngrams: Option<(Var, NgramBatch, NgramFeatures)>,
+}
+
+/// Gradients of [`LeafRows`], flattened per table.
+pub struct LeafGradients {
+    tokens: Vec<f32>,
+    ngrams: Vec<f32>,
+}
+
+impl LeafRows {
+    /// The token rows a forward pass pools: embedding rows plus the mean of their n-gram rows.
+    pub fn rows(&self) -> Result<Tensor, TrainError> {
+        let rows = self.tokens.as_tensor().clone();
+        match &self.ngrams {
+            None => Ok(rows),
+            Some((var, batch, features)) => Ok((rows + features.combine(var.as_tensor(), batch)?)?),
+        }
+    }
+
+    pub fn gradients(&self, grads: &candle_core::backprop::GradStore) -> Result<LeafGradients, TrainError> {
+        let flat = |v: &Var| -> Result<Vec<f32>, TrainError> {
+            match grads.get(v) {
+                Some(g) => Ok(g.flatten_all()?.to_vec1::<f32>()?),
+                None => Ok(vec![0.0; v.elem_count()]),
+            }
+        };
+        Ok(LeafGradients {
+            tokens: flat(&self.tokens)?,
+            ngrams: match &self.ngrams {
+                Some((v, _, _)) => flat(v)?,
+                None => Vec::new(),
+            },
+        })
+    }
+}
+
 /// One tower's weights.
 pub struct Tower {
     pub embedding: EmbeddingTable,
+    /// Hashed character n-gram features added to each token's row (DSSM-style word hashing), if any.
+    pub ngrams: Option<NgramFeatures>,
     pub attention: Option<Var>,
     /// `(weight [out, in], bias [out])` per layer.
     pub layers: Vec<(Var, Var)>,
@@ -220,10 +381,37 @@ fn normal(rng: &mut Rng, n: usize, std: f64) -> Vec<f32> {
 }
 
 impl Tower {
-    /// A tower with seeded random weights.
-    pub fn new(shape: TowerShape, rng: &mut Rng, device: &Device) -> Result<Self, TrainError> {
-        let TowerShape { vocab, embedding, hidden, output, pooling } = shape;
-        let emb = EmbeddingTable::new(normal(rng, vocab * embedding, 0.1), vocab, embedding);
+    /// A tower with seeded random weights. `row_scale` (one factor per token, e.g. from [`idf_scales`]) multiplies
+    /// each token's random row: near-orthogonal random rows scaled by IDF make the untrained tower close to an
+    /// IDF-weighted bag of words (see [`idf_scales`]). `token_ngrams` gives the n-gram buckets of each token when
+    /// `shape.ngram_buckets` is positive.
+    pub fn new(
+        shape: TowerShape,
+        row_scale: Option<&[f32]>,
+        token_ngrams: Option<&std::sync::Arc<Vec<Vec<u32>>>>,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let TowerShape { vocab, embedding, hidden, output, pooling, ngram_buckets } = shape;
+        let mut weights = normal(rng, vocab * embedding, 0.1);
+        if let Some(scale) = row_scale {
+            if scale.len() != vocab {
+                return Err(TrainError::Config(format!("{} row scales for {vocab} tokens", scale.len())));
+            }
+            for (row, s) in weights.chunks_mut(embedding).zip(scale) {
+                row.iter_mut().for_each(|w| *w *= s);
+            }
+        }
+        let emb = EmbeddingTable::new(weights, vocab, embedding);
+        let ngrams = match (ngram_buckets, token_ngrams) {
+            (0, _) => None,
+            (buckets, Some(of_token)) if of_token.len() == vocab => Some(NgramFeatures {
+                // Zero rows: the untrained tower is the token embeddings alone; the n-grams learn what tokens share.
+                table: EmbeddingTable::new(vec![0.0; buckets * embedding], buckets, embedding),
+                of_token: of_token.clone(),
+            }),
+            _ => return Err(TrainError::Config("n-gram buckets without the n-grams of every token".into())),
+        };
         let attention = match pooling {
             TowerPooling::Mean => None,
             TowerPooling::Attention => Some(Var::from_tensor(&Tensor::zeros((embedding, 1), DType::F32, device)?)?),
@@ -238,7 +426,7 @@ impl Tower {
             let bias = Tensor::zeros(out, DType::F32, device)?;
             layers.push((Var::from_tensor(&weight)?, Var::from_tensor(&bias)?));
         }
-        Ok(Self { embedding: emb, attention, layers, shape })
+        Ok(Self { embedding: emb, ngrams, attention, layers, shape })
     }
 
     /// Every variable candle's optimiser trains (all but the embedding table).
@@ -253,7 +441,9 @@ impl Tower {
     }
 
     pub fn parameters(&self) -> usize {
-        self.embedding.weights.len() + self.vars().iter().map(|v| v.elem_count()).sum::<usize>()
+        self.embedding.weights.len()
+            + self.ngrams.as_ref().map_or(0, |n| n.table.weights.len())
+            + self.vars().iter().map(|v| v.elem_count()).sum::<usize>()
     }
 
     /// A copy of the weights that no longer changes with training (for keeping the best epoch).
@@ -261,6 +451,7 @@ impl Tower {
         let copy = |v: &Var| -> Result<Var, TrainError> { Ok(Var::from_tensor(&v.as_tensor().copy()?)?) };
         Ok(Self {
             embedding: self.embedding.clone(),
+            ngrams: self.ngrams.clone(),
             attention: self.attention.as_ref().map(copy).transpose()?,
             layers: self.layers.iter().map(|(w, b)| Ok((copy(w)?, copy(b)?))).collect::<Result<_, TrainError>>()?,
             shape: self.shape,
@@ -269,8 +460,58 @@ impl Tower {
 
     /// L2-normalised vectors `[batch, output]` for a batch.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor, TrainError> {
-        let rows = self.embedding.gather(&batch.unique, batch.ids.device())?;
+        let device = batch.ids.device();
+        let mut rows = self.embedding.gather(&batch.unique, device)?;
+        if let Some(ngrams) = &self.ngrams {
+            let nb = ngrams.batch(&batch.unique, device)?;
+            rows = (rows + ngrams.combine(&ngrams.table.gather(&nb.buckets, device)?, &nb)?)?;
+        }
         self.forward_rows(&rows, batch)
+    }
+
+    /// The rows of `batch` as leaves to differentiate (training).
+    pub fn leaf_rows(&self, batch: &Batch, device: &Device) -> Result<LeafRows, TrainError> {
+        let tokens = Var::from_tensor(&self.embedding.gather(&batch.unique, device)?)?;
+        let ngrams = match &self.ngrams {
+            None => None,
+            Some(features) => {
+                let nb = features.batch(&batch.unique, device)?;
+                let var = Var::from_tensor(&features.table.gather(&nb.buckets, device)?)?;
+                Some((var, nb, features.clone_shallow()))
+            }
+        };
+        Ok(LeafRows { unique: batch.unique.clone(), tokens, ngrams })
+    }
+
+    /// One lazy-Adam step on the sparse tables from the gradients of one or more [`LeafRows`] of this tower.
+    pub fn apply_sparse(&mut self, updates: &[(&LeafRows, LeafGradients)], adam: AdamSettings) {
+        let tokens: Vec<(&[u32], Vec<f32>)> =
+            updates.iter().map(|(rows, g)| (rows.unique.as_slice(), g.tokens.clone())).collect();
+        self.embedding.update(&tokens, adam);
+        if let Some(features) = &mut self.ngrams {
+            let grams: Vec<(&[u32], Vec<f32>)> = updates
+                .iter()
+                .filter_map(|(rows, g)| {
+                    rows.ngrams.as_ref().map(|(_, nb, _)| (nb.buckets.as_slice(), g.ngrams.clone()))
+                })
+                .collect();
+            features.table.update(&grams, adam);
+        }
+    }
+
+    /// The token rows the exported graph gathers from: the embedding table with each token's n-gram features
+    /// folded in (the n-grams of a token are a fixed function of its id, so serving needs no n-gram input).
+    pub fn folded_embedding(&self) -> Result<Vec<f32>, TrainError> {
+        let Some(ngrams) = &self.ngrams else { return Ok(self.embedding.weights.clone()) };
+        let all: Vec<u32> = (0..self.embedding.vocab as u32).collect();
+        let mut out = Vec::with_capacity(self.embedding.weights.len());
+        for chunk in all.chunks(4096) {
+            let nb = ngrams.batch(chunk, &Device::Cpu)?;
+            let extra = ngrams.combine(&ngrams.table.gather(&nb.buckets, &Device::Cpu)?, &nb)?;
+            let rows = (self.embedding.gather(chunk, &Device::Cpu)? + extra)?;
+            out.extend(rows.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
     }
 
     /// [`Tower::forward`] with the batch's embedding rows given (`[unique, E]`, a leaf to differentiate).
@@ -333,14 +574,16 @@ impl TwoTower {
         shape: TowerShape,
         shared: bool,
         same_start: bool,
+        row_scale: Option<&[f32]>,
+        token_ngrams: Option<&std::sync::Arc<Vec<Vec<u32>>>>,
         rng: &mut Rng,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let query = Tower::new(shape, rng, device)?;
+        let query = Tower::new(shape, row_scale, token_ngrams, rng, device)?;
         let document = match (shared, same_start) {
             (true, _) => None,
             (false, true) => Some(query.snapshot()?),
-            (false, false) => Some(Tower::new(shape, rng, device)?),
+            (false, false) => Some(Tower::new(shape, row_scale, token_ngrams, rng, device)?),
         };
         Ok(Self { query, document })
     }
@@ -366,9 +609,11 @@ impl TwoTower {
     }
 }
 
-/// InfoNCE over in-batch negatives: row i of `queries` should match row i of `documents` among all rows.
-/// `same_document[i * n + j]` is true where pair j has the same document as pair i (i ≠ j): those are not
-/// negatives and are masked out. With `symmetric`, the documents → queries direction is added (mean of both).
+/// InfoNCE over in-batch negatives: row i of `queries` (`[n, E]`) should match row i of `documents` among all
+/// rows; `documents` may have more rows than `queries` (`[n + h, E]`: the extra rows are hard negatives, scored
+/// against every query). `same_document` (additive, `[n, n + h]`) masks out pairs that are not negatives (another
+/// pair with the same document, a hard negative that is one of the query's documents). With `symmetric`, the
+/// documents → queries direction over the `n` paired documents is added (mean of both).
 pub fn info_nce(
     queries: &Tensor,
     documents: &Tensor,
@@ -384,7 +629,8 @@ pub fn info_nce(
     let targets = Tensor::arange(0u32, n as u32, queries.device())?;
     let mut loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
     if symmetric {
-        let back = candle_nn::loss::cross_entropy(&logits.t()?.contiguous()?, &targets)?;
+        let paired = if documents.dim(0)? > n { logits.narrow(1, 0, n)? } else { logits };
+        let back = candle_nn::loss::cross_entropy(&paired.t()?.contiguous()?, &targets)?;
         loss = ((loss + back)? * 0.5)?;
     }
     Ok(loss)
@@ -392,13 +638,31 @@ pub fn info_nce(
 
 /// The additive mask for [`info_nce`]: -1e4 where two different pairs of the batch share a document, else 0.
 pub fn same_document_mask(doc_ids: &[u32], device: &Device) -> Result<Option<Tensor>, TrainError> {
+    negatives_mask(doc_ids, &[], |_, _| false, device)
+}
+
+/// [`same_document_mask`] with hard-negative columns after the paired ones (`[n, n + h]`): column `n + k` is
+/// masked for query i where `is_positive(i, hard[k])` (the hard negative is one of that query's documents).
+pub fn negatives_mask(
+    doc_ids: &[u32],
+    hard: &[u32],
+    is_positive: impl Fn(usize, u32) -> bool,
+    device: &Device,
+) -> Result<Option<Tensor>, TrainError> {
     let n = doc_ids.len();
-    let mut mask = vec![0f32; n * n];
+    let cols = n + hard.len();
+    let mut mask = vec![0f32; n * cols];
     let mut any = false;
     for i in 0..n {
         for j in 0..n {
             if i != j && doc_ids[i] == doc_ids[j] {
-                mask[i * n + j] = -1e4;
+                mask[i * cols + j] = -1e4;
+                any = true;
+            }
+        }
+        for (k, &h) in hard.iter().enumerate() {
+            if h == doc_ids[i] || is_positive(i, h) {
+                mask[i * cols + n + k] = -1e4;
                 any = true;
             }
         }
@@ -406,7 +670,7 @@ pub fn same_document_mask(doc_ids: &[u32], device: &Device) -> Result<Option<Ten
     if !any {
         return Ok(None);
     }
-    Ok(Some(Tensor::from_vec(mask, (n, n), device)?))
+    Ok(Some(Tensor::from_vec(mask, (n, cols), device)?))
 }
 
 /// Row-major `[n, dim]` vectors out of a tensor.
@@ -424,14 +688,14 @@ mod tests {
     use super::*;
 
     fn shape(pooling: TowerPooling, hidden: usize) -> TowerShape {
-        TowerShape { vocab: 20, embedding: 8, hidden, output: 4, pooling }
+        TowerShape { vocab: 20, embedding: 8, hidden, output: 4, pooling, ngram_buckets: 0 }
     }
 
     #[test]
     fn ragged_pooling_ignores_other_texts_and_vectors_are_unit_length() {
         let device = Device::Cpu;
         for pooling in [TowerPooling::Mean, TowerPooling::Attention] {
-            let tower = Tower::new(shape(pooling, 6), &mut Rng::new(1), &device).unwrap();
+            let tower = Tower::new(shape(pooling, 6), None, None, &mut Rng::new(1), &device).unwrap();
             let a: &[u32] = &[3, 4, 5];
             let b: &[u32] = &[7];
             let together = to_rows(&tower.forward(&Batch::new(&[a, b, &[]], &device).unwrap()).unwrap()).unwrap();
@@ -504,5 +768,96 @@ mod tests {
         let masked = scalar(&info_nce(&q, &swapped, 0.1, mask.as_ref(), false).unwrap()).unwrap();
         assert!(masked < 0.01, "{masked}");
         assert!(same_document_mask(&[1, 2], &device).unwrap().is_none());
+    }
+
+    #[test]
+    fn hard_negative_columns_raise_the_loss_and_are_masked_when_they_are_positives() {
+        let device = Device::Cpu;
+        let q = Tensor::from_vec(vec![1f32, 0., 0., 1.], (2, 2), &device).unwrap();
+        let easy = scalar(&info_nce(&q, &q, 0.1, None, true).unwrap()).unwrap();
+        // A third document close to query 0 (a hard negative) makes the loss larger.
+        let with_hard = Tensor::from_vec(vec![1f32, 0., 0., 1., 0.95, 0.31], (3, 2), &device).unwrap();
+        let hard = scalar(&info_nce(&q, &with_hard, 0.1, None, true).unwrap()).unwrap();
+        assert!(hard > 0.05 && hard > 100.0 * easy, "{easy} {hard}");
+        // Masked as a positive of both queries, it no longer counts.
+        let mask = negatives_mask(&[7, 8], &[9], |_, h| h == 9, &device).unwrap().unwrap();
+        assert_eq!(mask.dims(), [2, 3]);
+        let masked = scalar(&info_nce(&q, &with_hard, 0.1, Some(&mask), true).unwrap()).unwrap();
+        assert!((masked - easy).abs() < 1e-4, "{masked} {easy}");
+        // A hard negative equal to a query's own document is masked for that query only.
+        let rows = negatives_mask(&[7, 8], &[8], |_, _| false, &device).unwrap().unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(rows, [[0.0, 0.0, 0.0], [0.0, 0.0, -1e4]]);
+    }
+
+    #[test]
+    fn idf_scaled_rows_make_the_untrained_tower_an_idf_weighted_bag_of_words() {
+        let device = Device::Cpu;
+        // Token 2 is in every text, token 3 in one: the rare token must weigh more.
+        let texts: Vec<Vec<u32>> = (0..50).map(|i| if i == 0 { vec![2, 3] } else { vec![2, 4 + (i % 10)] }).collect();
+        let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+        let scales = idf_scales(&refs, 20);
+        assert!(scales[3] > 3.0 * scales[2], "{scales:?}");
+        assert!(scales[19] >= scales[3], "an unseen token gets the largest idf");
+        let wide = TowerShape {
+            vocab: 20,
+            embedding: 256,
+            hidden: 0,
+            output: 256,
+            pooling: TowerPooling::Mean,
+            ngram_buckets: 0,
+        };
+        // A query [2, 3] against a document sharing the rare token (3) and one sharing the common token (2):
+        // with IDF rows the rare match wins clearly, for several seeds.
+        for seed in 0..5 {
+            let tower = Tower::new(wide, Some(&scales), None, &mut Rng::new(seed), &device).unwrap();
+            let v =
+                to_rows(&tower.forward(&Batch::new(&[&[2, 3], &[3, 5], &[2, 5]], &device).unwrap()).unwrap()).unwrap();
+            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+            let (rare, common) = (dot(&v[0], &v[1]), dot(&v[0], &v[2]));
+            assert!(rare > common + 0.2, "seed {seed}: rare {rare} common {common}");
+        }
+    }
+
+    #[test]
+    fn ngram_features_are_shared_by_similar_tokens_and_fold_into_the_table() {
+        let a = token_ngrams("parse", 1 << 20);
+        let b = token_ngrams("parser", 1 << 20);
+        assert_eq!(a.len(), 5, "<pa par ars rse se>");
+        assert_eq!(a.iter().filter(|g| b.contains(g)).count(), 4);
+        assert!(token_ngrams("[PAD]", 100).is_empty() && token_ngrams("x", 0).is_empty());
+        assert_eq!(token_ngrams("a", 100).len(), 1);
+        let device = Device::Cpu;
+        let of_token: std::sync::Arc<Vec<Vec<u32>>> =
+            std::sync::Arc::new((0..20).map(|t| if t == 0 { vec![] } else { vec![t % 7, (t * 3) % 7] }).collect());
+        let shape = TowerShape { ngram_buckets: 7, ..shape(TowerPooling::Mean, 0) };
+        let mut tower = Tower::new(shape, None, Some(&of_token), &mut Rng::new(3), &device).unwrap();
+        // A training step through the leaf rows moves the n-gram rows of the batch's tokens.
+        let batch = Batch::new(&[&[1, 2], &[5]], &device).unwrap();
+        let leaves = tower.leaf_rows(&batch, &device).unwrap();
+        let out = tower.forward_rows(&leaves.rows().unwrap(), &batch).unwrap();
+        let target = Tensor::from_vec(vec![1f32, 0., 0., 0., 0., 1., 0., 0.], (2, 4), &device).unwrap();
+        let grads = (out * target).unwrap().sum_all().unwrap().neg().unwrap().backward().unwrap();
+        let g = leaves.gradients(&grads).unwrap();
+        let adam = AdamSettings { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        tower.apply_sparse(&[(&leaves, g)], adam);
+        let table = &tower.ngrams.as_ref().unwrap().table;
+        let moved: Vec<usize> =
+            (0..7).filter(|&b| table.weights[b * 8..(b + 1) * 8].iter().any(|w| *w != 0.0)).collect();
+        assert_eq!(moved, [1, 2, 3, 5, 6], "buckets of tokens 1, 2 and 5");
+        // The folded table gives the same vectors as the two tables.
+        let folded = tower.folded_embedding().unwrap();
+        let plain = Tower {
+            embedding: EmbeddingTable::new(folded, 20, 8),
+            ngrams: None,
+            attention: None,
+            layers: tower.layers.clone(),
+            shape: TowerShape { ngram_buckets: 0, ..shape },
+        };
+        let texts: [&[u32]; 3] = [&[1, 2, 9], &[0, 4], &[]];
+        let x = to_rows(&tower.forward(&Batch::new(&texts, &device).unwrap()).unwrap()).unwrap();
+        let y = to_rows(&plain.forward(&Batch::new(&texts, &device).unwrap()).unwrap()).unwrap();
+        for (a, b) in x.iter().flatten().zip(y.iter().flatten()) {
+            assert!((a - b).abs() < 1e-6);
+        }
     }
 }

@@ -39,6 +39,9 @@ pub struct TrainReport {
     pub epochs_run: usize,
     pub stopped_early: bool,
     pub vocabulary: usize,
+    /// Training pairs given a BM25 hard negative, and the seconds spent mining them (outside `training_seconds`).
+    pub hard_negative_pairs: usize,
+    pub mining_seconds: f64,
     pub parameters: usize,
     /// Whole command: tokenizer training, tokenization, training, validation and export.
     pub total_seconds: f64,
