@@ -189,6 +189,18 @@ struct TrainArgs {
     /// embedding table; 0 for none (config `ngram_buckets`, default 0).
     #[arg(long, env = "DUET_TRAIN_NGRAM_BUCKETS")]
     ngram_buckets: Option<usize>,
+    /// Width of a fixed lexical channel appended to both towers' vectors (random IDF-scaled token rows, never
+    /// trained: the dot product approximates an IDF-weighted bag-of-words cosine); 0 for none (config
+    /// `lexical_dim`).
+    #[arg(long, env = "DUET_TRAIN_LEXICAL_DIM")]
+    lexical_dim: Option<usize>,
+    /// Share of the score from the lexical channel, in [0, 1) (config `lexical_weight`, default 0.5).
+    #[arg(long, env = "DUET_TRAIN_LEXICAL_WEIGHT")]
+    lexical_weight: Option<f64>,
+    /// Term-frequency saturation of pooling in [0, 1]: a text's c occurrences of a token weigh c^tf_power together
+    /// (1 plain mean, 0 each distinct token once; config `tf_power`).
+    #[arg(long, env = "DUET_TRAIN_TF_POWER")]
+    tf_power: Option<f64>,
     /// Compute threads (default: RAYON_NUM_THREADS, else every core); results are reproducible for a given seed
     /// and thread count.
     #[arg(long, env = "DUET_TRAIN_THREADS")]
@@ -710,7 +722,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         ($($field:ident),*) => { $( if let Some(v) = args.$field { config.$field = v; } )* };
     }
     set!(pooling, vocab_size, max_tokens, embedding_dim, hidden_dim, output_dim, temperature, batch_size, epochs);
-    set!(learning_rate, seed, idf_init, hard_negatives, ngram_buckets);
+    set!(learning_rate, seed, idf_init, hard_negatives, ngram_buckets, lexical_dim, lexical_weight, tf_power);
     let options =
         TrainOptions { pairs: args.pairs, corpus: args.corpus, out: args.out.clone(), name: args.name, config };
     let bar = ProgressBar::new_spinner();

@@ -66,7 +66,14 @@ fn run(dir: &Path, out: &str, config: TrainConfig) -> Trained {
 /// Max |trainer - ONNX| over a batch with padding (texts of very different lengths, one empty, one cut).
 fn export_difference(dir: &Path, trained: &Trained) -> f32 {
     let long = "value ".repeat(400);
-    let texts = ["return the kaloka of a mimi", "x", "", long.as_str(), "def get_loKaRi(self): return 3"];
+    let texts = [
+        "return the kaloka of a mimi",
+        "x",
+        "",
+        long.as_str(),
+        "def get_loKaRi(self): return 3",
+        "the data the data the value of the data",
+    ];
     let resolved = Manifest::load(dir).expect("the manifest loads");
     let env = duet::encoder::runtime::environment(None).expect("ONNX Runtime is installed (scripts/setup)");
     let encoder = duet::encoder::onnx::load(&resolved, env, SessionOptions::default()).expect("the towers load");
@@ -74,7 +81,7 @@ fn export_difference(dir: &Path, trained: &Trained) -> f32 {
     for side in [Side::Query, Side::Document] {
         let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
         let served = encoder.encode(&owned, side).unwrap();
-        assert_eq!(served.truncated, [false, false, false, true, false]);
+        assert_eq!(served.truncated, [false, false, false, true, false, false]);
         let expected = trained.encode(&texts, side).unwrap();
         for (a, b) in served.vectors.iter().zip(&expected) {
             assert_eq!(a.len(), b.len());
@@ -92,11 +99,17 @@ fn a_tiny_model_learns_and_its_onnx_towers_match_the_trainer() {
     write_pairs(dir.path(), 400);
     // BM25 hard negatives, IDF-scaled starting rows (the default); the last run adds n-gram features.
     let ngrams = TrainConfig { ngram_buckets: 256, ..config(TowerPooling::Attention) };
+    // The fixed lexical channel, with square-root and binary term-frequency saturation.
+    let lexical = TrainConfig { lexical_dim: 48, lexical_weight: 0.4, tf_power: 0.5, ..config(TowerPooling::Mean) };
+    let lexical_attention = TrainConfig { lexical_dim: 48, tf_power: 0.0, ..config(TowerPooling::Attention) };
     for (pooling, out, config) in [
         (TowerPooling::Mean, "mean", config(TowerPooling::Mean)),
         (TowerPooling::Attention, "attention", config(TowerPooling::Attention)),
         (TowerPooling::Attention, "ngrams", ngrams),
+        (TowerPooling::Mean, "lexical", lexical),
+        (TowerPooling::Attention, "lexical-attention", lexical_attention),
     ] {
+        let dimension = config.output_dim + config.lexical_dim;
         let trained = run(dir.path(), out, config);
         assert!(trained.report.hard_negative_pairs > 0, "{out}: no hard negatives mined");
         let r = &trained.report;
@@ -109,6 +122,7 @@ fn a_tiny_model_learns_and_its_onnx_towers_match_the_trainer() {
         for file in ["query.onnx", "document.onnx", "tokenizer.json", "model.toml", "report.json"] {
             assert!(model.join(file).is_file(), "{file}");
         }
+        assert_eq!(Manifest::load(&model).unwrap().manifest.dimension, dimension, "{out}");
         let diff = export_difference(&model, &trained);
         assert!(diff <= 1e-5, "{out}: ONNX differs from the trainer by {diff}");
         if out == "ngrams" {

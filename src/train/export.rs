@@ -54,6 +54,10 @@ const LAYER_NAMES: [(&str, &str, &str, &str); 2] = [
     ("layer1.weight", "layer1.bias", "layer1", "layer1.tanh"),
 ];
 
+const NORM: [&str; 4] = ["squares", "sum_squares", "norm", "norm_eps"];
+const LEXICAL_NORM: [&str; 4] = ["lexical.squares", "lexical.sum_squares", "lexical.norm", "lexical.norm_eps"];
+const HYBRID_NORM: [&str; 4] = ["hybrid.squares", "hybrid.sum_squares", "hybrid.norm", "hybrid.norm_eps"];
+
 /// The ONNX bytes of one tower.
 pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
     if tower.layers.len() > LAYER_NAMES.len() {
@@ -76,11 +80,31 @@ pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
         node(OpType::Cast, &["attention_mask"], "mask", vec![int_attr("to", 1)]),
         node(OpType::Unsqueeze, &["mask", "axis2"], "mask3", vec![]),
     ];
+    // Token weights `[batch, seq, 1]`: the mask, or with term-frequency saturation c^(tf_power − 1) per token,
+    // c its count in the text (Batch::tf_weights), 0 on padding.
+    let token_weights = if tower.shape.tf_power == 1.0 {
+        "mask3"
+    } else {
+        initializer.push(TensorProto::from_f32("tf.exponent", vec![], vec![(tower.shape.tf_power - 1.0) as f32]));
+        nodes.extend([
+            node(OpType::Unsqueeze, &["input_ids", "axis2"], "ids.column", vec![]),
+            node(OpType::Unsqueeze, &["input_ids", "axis1"], "ids.row", vec![]),
+            node(OpType::Equal, &["ids.column", "ids.row"], "same_token", vec![]),
+            node(OpType::Cast, &["same_token"], "same_token.float", vec![int_attr("to", 1)]),
+            node(OpType::Unsqueeze, &["mask", "axis1"], "mask.row", vec![]),
+            node(OpType::Mul, &["same_token.float", "mask.row"], "same_token.masked", vec![]),
+            node(OpType::ReduceSum, &["same_token.masked", "axis2"], "tf.count", vec![int_attr("keepdims", 1)]),
+            node(OpType::Max, &["tf.count", "one"], "tf.count1", vec![]),
+            node(OpType::Pow, &["tf.count1", "tf.exponent"], "tf.raw", vec![]),
+            node(OpType::Mul, &["tf.raw", "mask3"], "tf", vec![]),
+        ]);
+        "tf"
+    };
     match &tower.attention {
         None => nodes.extend([
-            node(OpType::Mul, &["tokens", "mask3"], "masked", vec![]),
+            node(OpType::Mul, &["tokens", token_weights], "masked", vec![]),
             node(OpType::ReduceSum, &["masked", "axis1"], "summed", vec![int_attr("keepdims", 0)]),
-            node(OpType::ReduceSum, &["mask3", "axis1"], "count", vec![int_attr("keepdims", 0)]),
+            node(OpType::ReduceSum, &[token_weights, "axis1"], "count", vec![int_attr("keepdims", 0)]),
             node(OpType::Max, &["count", "one"], "count1", vec![]),
             node(OpType::Div, &["summed", "count1"], "pooled", vec![]),
         ]),
@@ -94,7 +118,19 @@ pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
                 node(OpType::Sub, &["mask3", "one"], "mask_minus_one", vec![]),
                 node(OpType::Mul, &["mask_minus_one", "big"], "penalty", vec![]),
                 node(OpType::Add, &["scores", "penalty"], "masked_scores", vec![]),
-                node(OpType::Softmax, &["masked_scores"], "softmax", vec![int_attr("axis", 1)]),
+            ]);
+            let softmax_input = if token_weights == "tf" {
+                // softmax(s + ln w) weighs each token's exp(s) by its term-frequency weight, as in training.
+                nodes.extend([
+                    node(OpType::Log, &["tf.raw"], "tf.log", vec![]),
+                    node(OpType::Add, &["masked_scores", "tf.log"], "weighted_scores", vec![]),
+                ]);
+                "weighted_scores"
+            } else {
+                "masked_scores"
+            };
+            nodes.extend([
+                node(OpType::Softmax, &[softmax_input], "softmax", vec![int_attr("axis", 1)]),
                 // An all-padding row (an empty text) pools to zero, as in training.
                 node(OpType::Mul, &["softmax", "mask3"], "weights", vec![]),
                 node(OpType::Mul, &["tokens", "weights"], "weighted", vec![]),
@@ -117,13 +153,36 @@ pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
             current = tanh;
         }
     }
-    nodes.extend([
-        node(OpType::Mul, &[current, current], "squares", vec![]),
-        node(OpType::ReduceSum, &["squares", "axis1"], "sum_squares", vec![int_attr("keepdims", 1)]),
-        node(OpType::Sqrt, &["sum_squares"], "norm", vec![]),
-        node(OpType::Max, &["norm", "eps"], "norm_eps", vec![]),
-        node(OpType::Div, &[current, "norm_eps"], "sentence_embedding", vec![]),
-    ]);
+    match &tower.lexical {
+        None => nodes.extend(normalise(current, NORM, "sentence_embedding")),
+        Some(lexical) => {
+            initializer.push(TensorProto::from_f32(
+                "lexical",
+                vec![table.vocab as i64, lexical.dim as i64],
+                lexical.table.as_ref().clone(),
+            ));
+            initializer.push(TensorProto::from_f32(
+                "learned.scale",
+                vec![],
+                vec![(1.0 - lexical.weight).sqrt() as f32],
+            ));
+            initializer.push(TensorProto::from_f32("lexical.scale", vec![], vec![lexical.weight.sqrt() as f32]));
+            nodes.extend(normalise(current, NORM, "learned"));
+            nodes.extend([
+                node(OpType::Mul, &["learned", "learned.scale"], "learned.scaled", vec![]),
+                node(OpType::Gather, &["lexical", "input_ids"], "lexical.tokens", vec![int_attr("axis", 0)]),
+                node(OpType::Mul, &["lexical.tokens", token_weights], "lexical.masked", vec![]),
+                node(OpType::ReduceSum, &["lexical.masked", "axis1"], "lexical.pooled", vec![int_attr("keepdims", 0)]),
+            ]);
+            nodes.extend(normalise("lexical.pooled", LEXICAL_NORM, "lexical.unit"));
+            nodes.extend([
+                node(OpType::Mul, &["lexical.unit", "lexical.scale"], "lexical.scaled", vec![]),
+                node(OpType::Concat, &["learned.scaled", "lexical.scaled"], "hybrid", vec![int_attr("axis", 1)]),
+            ]);
+            // Unit length already, but for an empty text (no lexical part).
+            nodes.extend(normalise("hybrid", HYBRID_NORM, "sentence_embedding"));
+        }
+    }
 
     let batch_seq = [Dimension::Param("batch"), Dimension::Param("sequence")];
     let model = Model {
@@ -143,13 +202,25 @@ pub fn tower_to_onnx(tower: &Tower, doc: &str) -> Result<Vec<u8>, TrainError> {
             output: vec![value_info(
                 "sentence_embedding",
                 DataType::Float,
-                &[Dimension::Param("batch"), Dimension::Value(tower.shape.output as i64)],
+                &[Dimension::Param("batch"), Dimension::Value(tower.output_dim() as i64)],
             )],
             ..Default::default()
         }),
         ..Default::default()
     };
     Ok(onnx_rs::encode(&model))
+}
+
+/// `output` = `input` / max(‖input‖, ε) per row, through the intermediate values `names`.
+fn normalise<'a>(input: &'a str, names: [&'a str; 4], output: &'a str) -> Vec<Node<'a>> {
+    let [squares, sum, norm, norm_eps] = names;
+    vec![
+        node(OpType::Mul, &[input, input], squares, vec![]),
+        node(OpType::ReduceSum, &[squares, "axis1"], sum, vec![int_attr("keepdims", 1)]),
+        node(OpType::Sqrt, &[sum], norm, vec![]),
+        node(OpType::Max, &[norm, "eps"], norm_eps, vec![]),
+        node(OpType::Div, &[input, norm_eps], output, vec![]),
+    ]
 }
 
 /// Writes `bytes` to `path`.
@@ -167,7 +238,8 @@ mod tests {
     #[test]
     fn the_graph_parses_back_with_the_serving_names() {
         for (pooling, hidden) in [(TowerPooling::Mean, 0), (TowerPooling::Attention, 5)] {
-            let shape = TowerShape { vocab: 10, embedding: 4, hidden, output: 3, pooling, ngram_buckets: 0 };
+            let shape =
+                TowerShape { vocab: 10, embedding: 4, hidden, output: 3, pooling, ngram_buckets: 0, tf_power: 1.0 };
             let tower = Tower::new(shape, None, None, &mut Rng::new(2), &candle_core::Device::Cpu).unwrap();
             let bytes = tower_to_onnx(&tower, "test").unwrap();
             let model = onnx_rs::parse(&bytes).unwrap();

@@ -83,6 +83,14 @@ pub struct TrainConfig {
     /// its embedding plus the mean of its trigrams' rows, so tokens the training pairs never contain still share
     /// what similar tokens learned. Folded into the exported embedding table: serving is unchanged.
     pub ngram_buckets: usize,
+    /// Width of the fixed lexical channel appended to both towers' vectors ([`model::LexicalChannel`]: random
+    /// IDF-scaled rows, never trained), 0 for none.
+    pub lexical_dim: usize,
+    /// Share of the score from the lexical channel, in [0, 1).
+    pub lexical_weight: f64,
+    /// Term-frequency saturation of pooling, in [0, 1]: a text's `c` occurrences of a token weigh `c^tf_power`
+    /// together (1: plain mean; 0: each distinct token once; ½: square root, as BM25 saturates).
+    pub tf_power: f64,
     /// Softmax temperature of the InfoNCE loss.
     pub temperature: f64,
     /// Add the documents → queries direction to the loss.
@@ -123,6 +131,9 @@ impl Default for TrainConfig {
             idf_init: true,
             hard_negatives: false,
             ngram_buckets: 0,
+            lexical_dim: 0,
+            lexical_weight: 0.5,
+            tf_power: 1.0,
             temperature: 0.05,
             symmetric_loss: true,
             batch_size: 256,
@@ -164,6 +175,12 @@ impl TrainConfig {
         }
         if self.embedding_dim == 0 || self.output_dim == 0 {
             return bad("embedding_dim and output_dim must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.tf_power) {
+            return bad("tf_power must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.lexical_weight) {
+            return bad("lexical_weight must be in [0, 1)");
         }
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return bad("temperature must be positive");
@@ -511,8 +528,9 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
         output: config.output_dim,
         pooling: config.pooling,
         ngram_buckets: config.ngram_buckets,
+        tf_power: config.tf_power,
     };
-    let row_scale = if config.idf_init {
+    let idf = if config.idf_init || config.lexical_dim > 0 {
         let mut train_docs: Vec<usize> = train_pairs.iter().map(|(_, d)| *d).collect();
         train_docs.sort_unstable();
         train_docs.dedup();
@@ -522,6 +540,17 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
     } else {
         None
     };
+    let row_scale = if config.idf_init { idf.as_deref() } else { None };
+    // Its own seeded stream: adding the channel leaves every other starting weight as it was.
+    let lexical = (config.lexical_dim > 0).then(|| {
+        model::LexicalChannel::new(
+            vocab,
+            config.lexical_dim,
+            config.lexical_weight,
+            idf.as_deref(),
+            &mut Rng::new(config.seed ^ 0x6c65_7869_6361_6c),
+        )
+    });
     let token_ngrams = (config.ngram_buckets > 0).then(|| {
         std::sync::Arc::new(
             (0..vocab as u32)
@@ -533,11 +562,12 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
         shape,
         config.shared_towers,
         config.same_start,
-        row_scale.as_deref(),
+        row_scale,
         token_ngrams.as_ref(),
         &mut rng,
         &device,
-    )?;
+    )?
+    .with_lexical(lexical);
     let mut optimizer = AdamW::new(
         model.vars(),
         ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
@@ -723,7 +753,7 @@ fn write_manifest(out: &Path, name: &str, config: &TrainConfig) -> Result<(), Tr
         name,
         kind: "two-tower",
         role: "two-tower",
-        dimension: config.output_dim,
+        dimension: config.output_dim + config.lexical_dim,
         pooling: "output",
         output: "sentence_embedding",
         normalize: true,

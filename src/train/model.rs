@@ -36,6 +36,8 @@ pub struct TowerShape {
     pub pooling: TowerPooling,
     /// Buckets of hashed character n-gram features per token ([`NgramFeatures`]); 0 for none.
     pub ngram_buckets: usize,
+    /// Term-frequency saturation of pooling ([`Batch::tf_weights`]): 1 for a plain mean.
+    pub tf_power: f64,
 }
 
 /// Lower bound of a vector norm before division (the exported graph uses the same).
@@ -267,6 +269,53 @@ impl LeafRows {
     }
 }
 
+/// A fixed lexical channel beside the learned vector: random rows scaled by IDF, never trained and the same in
+/// both towers, mean-pooled and L2-normalised. Random rows are close to orthogonal, so the dot product of two
+/// pooled channels approximates the IDF-weighted bag-of-words cosine of the texts (Johnson–Lindenstrauss: the
+/// error shrinks as 1/√dim). The tower's output is `[√(1−w)·learned, √w·lexical]`, still of unit length, so a
+/// score is `(1−w)·learned cosine + w·lexical cosine`: one dense vector serves a hybrid of a learned and a lexical
+/// match, and training fits the learned part to what exact words miss.
+#[derive(Clone)]
+pub struct LexicalChannel {
+    /// `[vocab, dim]`, row-major.
+    pub table: std::sync::Arc<Vec<f32>>,
+    pub dim: usize,
+    /// Share `w` of the score that comes from the lexical channel, in [0, 1).
+    pub weight: f64,
+}
+
+impl LexicalChannel {
+    /// Seeded standard-normal rows, each multiplied by its token's `row_scale` (IDF) when given.
+    pub fn new(vocab: usize, dim: usize, weight: f64, row_scale: Option<&[f32]>, rng: &mut Rng) -> Self {
+        let mut table = normal(rng, vocab * dim, 1.0);
+        if let Some(scale) = row_scale {
+            for (row, s) in table.chunks_mut(dim).zip(scale) {
+                row.iter_mut().for_each(|w| *w *= s);
+            }
+        }
+        Self { table: std::sync::Arc::new(table), dim, weight }
+    }
+
+    /// `[batch, dim]`: the pooled (token weights `weights`, see [`Batch::tf_weights`]), normalised channel of a
+    /// batch, scaled by √w.
+    fn forward(&self, batch: &Batch, weights: Option<std::sync::Arc<Vec<f32>>>) -> Result<Tensor, TrainError> {
+        let device = batch.ids.device();
+        let mut rows = Vec::with_capacity(batch.unique.len() * self.dim);
+        for &id in &batch.unique {
+            rows.extend_from_slice(&self.table[id as usize * self.dim..(id as usize + 1) * self.dim]);
+        }
+        let rows = Tensor::from_vec(rows, (batch.unique.len(), self.dim), device)?;
+        let pooled = rows.apply_op1(MeanBag::new(batch, weights))?;
+        Ok((l2_normalise(&pooled)? * self.weight.sqrt())?)
+    }
+}
+
+/// Rows divided by their L2 norm (at least [`NORM_EPS`]), as the exported graph computes it.
+fn l2_normalise(h: &Tensor) -> Result<Tensor, TrainError> {
+    let norm = h.sqr()?.sum_keepdim(1)?.affine(1.0, NORM_EPS * NORM_EPS)?.sqrt()?.clamp(NORM_EPS as f32, f32::MAX)?;
+    Ok(h.broadcast_div(&norm)?)
+}
+
 /// One tower's weights.
 pub struct Tower {
     pub embedding: EmbeddingTable,
@@ -276,6 +325,8 @@ pub struct Tower {
     /// `(weight [out, in], bias [out])` per layer.
     pub layers: Vec<(Var, Var)>,
     pub shape: TowerShape,
+    /// The fixed lexical channel appended to the output, if any (shared with the other tower).
+    pub lexical: Option<LexicalChannel>,
 }
 
 /// A ragged batch of tokenized texts.
@@ -294,12 +345,28 @@ pub struct Batch {
     offsets: std::sync::Arc<Vec<usize>>,
 }
 
-/// Masked mean pooling fused into one candle op (an `EmbeddingBag`): `[unique, E]` rows → `[batch, E]` means,
-/// with its own backward. Built from candle's generic ops (gather, then `index_add`), a step took ~3× longer.
+/// Masked mean pooling fused into one candle op (an `EmbeddingBag`): `[unique, E]` rows → `[batch, E]` weighted
+/// means, with its own backward. Built from candle's generic ops (gather, then `index_add`), a step took ~3× longer.
 struct MeanBag {
     local: std::sync::Arc<Vec<u32>>,
     offsets: std::sync::Arc<Vec<usize>>,
+    /// A weight per token (aligned with `local`); `None`: every token weighs 1.
+    weights: Option<std::sync::Arc<Vec<f32>>>,
     unique: usize,
+}
+
+impl MeanBag {
+    fn new(batch: &Batch, weights: Option<std::sync::Arc<Vec<f32>>>) -> Self {
+        Self { local: batch.local.clone(), offsets: batch.offsets.clone(), weights, unique: batch.unique.len() }
+    }
+
+    /// Text `b`'s tokens, each with its weight, and 1 / max(sum of weights, 1).
+    fn text(&self, b: usize) -> (impl Iterator<Item = (usize, f32)> + '_, f32) {
+        let range = self.offsets[b]..self.offsets[b + 1];
+        let weight = move |p: usize| self.weights.as_ref().map_or(1.0, |w| w[p]);
+        let total: f32 = range.clone().map(weight).sum();
+        (range.map(move |p| (self.local[p] as usize, weight(p))), 1.0 / total.max(1.0))
+    }
 }
 
 impl CustomOp1 for MeanBag {
@@ -316,13 +383,12 @@ impl CustomOp1 for MeanBag {
         let batch = self.offsets.len() - 1;
         let mut out = vec![0f32; batch * dim];
         for b in 0..batch {
-            let tokens = &self.local[self.offsets[b]..self.offsets[b + 1]];
+            let (tokens, scale) = self.text(b);
             let acc = &mut out[b * dim..(b + 1) * dim];
-            for &t in tokens {
-                let row = &rows[t as usize * dim..(t as usize + 1) * dim];
-                acc.iter_mut().zip(row).for_each(|(a, x)| *a += x);
+            for (t, w) in tokens {
+                let row = &rows[t * dim..(t + 1) * dim];
+                acc.iter_mut().zip(row).for_each(|(a, x)| *a += w * x);
             }
-            let scale = 1.0 / tokens.len().max(1) as f32;
             acc.iter_mut().for_each(|a| *a *= scale);
         }
         Ok((CpuStorage::F32(out), Shape::from((batch, dim))))
@@ -333,12 +399,11 @@ impl CustomOp1 for MeanBag {
         let grad = grad_res.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; self.unique * dim];
         for b in 0..self.offsets.len() - 1 {
-            let tokens = &self.local[self.offsets[b]..self.offsets[b + 1]];
-            let scale = 1.0 / tokens.len().max(1) as f32;
+            let (tokens, scale) = self.text(b);
             let g = &grad[b * dim..(b + 1) * dim];
-            for &t in tokens {
-                let row = &mut out[t as usize * dim..(t as usize + 1) * dim];
-                row.iter_mut().zip(g).for_each(|(a, x)| *a += x * scale);
+            for (t, w) in tokens {
+                let row = &mut out[t * dim..(t + 1) * dim];
+                row.iter_mut().zip(g).for_each(|(a, x)| *a += x * w * scale);
             }
         }
         Ok(Some(Tensor::from_vec(out, (self.unique, dim), grad_res.device())?))
@@ -346,6 +411,28 @@ impl CustomOp1 for MeanBag {
 }
 
 impl Batch {
+    /// Per token, the weight that gives a text's `c` occurrences of one token the total weight `c^tf_power`
+    /// (each occurrence `c^(tf_power − 1)`): 1 is a plain mean, 0 counts each distinct token once (binary term
+    /// frequency), ½ is a square root, saturating as BM25's k1 does. `None` for 1.
+    pub fn tf_weights(&self, tf_power: f64) -> Option<std::sync::Arc<Vec<f32>>> {
+        if tf_power == 1.0 {
+            return None;
+        }
+        let mut weights = vec![1f32; self.local.len()];
+        let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for b in 0..self.offsets.len() - 1 {
+            let range = self.offsets[b]..self.offsets[b + 1];
+            counts.clear();
+            for &t in &self.local[range.clone()] {
+                *counts.entry(t).or_default() += 1;
+            }
+            for p in range {
+                weights[p] = (counts[&self.local[p]] as f64).powf(tf_power - 1.0) as f32;
+            }
+        }
+        Some(std::sync::Arc::new(weights))
+    }
+
     pub fn new(texts: &[&[u32]], device: &Device) -> Result<Self, TrainError> {
         let total: usize = texts.iter().map(|t| t.len()).sum();
         let mut unique: Vec<u32> = texts.iter().flat_map(|t| t.iter().copied()).collect();
@@ -392,7 +479,7 @@ impl Tower {
         rng: &mut Rng,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let TowerShape { vocab, embedding, hidden, output, pooling, ngram_buckets } = shape;
+        let TowerShape { vocab, embedding, hidden, output, pooling, ngram_buckets, .. } = shape;
         let mut weights = normal(rng, vocab * embedding, 0.1);
         if let Some(scale) = row_scale {
             if scale.len() != vocab {
@@ -426,7 +513,7 @@ impl Tower {
             let bias = Tensor::zeros(out, DType::F32, device)?;
             layers.push((Var::from_tensor(&weight)?, Var::from_tensor(&bias)?));
         }
-        Ok(Self { embedding: emb, ngrams, attention, layers, shape })
+        Ok(Self { embedding: emb, ngrams, attention, layers, shape, lexical: None })
     }
 
     /// Every variable candle's optimiser trains (all but the embedding table).
@@ -455,7 +542,13 @@ impl Tower {
             attention: self.attention.as_ref().map(copy).transpose()?,
             layers: self.layers.iter().map(|(w, b)| Ok((copy(w)?, copy(b)?))).collect::<Result<_, TrainError>>()?,
             shape: self.shape,
+            lexical: self.lexical.clone(),
         })
+    }
+
+    /// Width of the output vectors: the learned part plus the lexical channel.
+    pub fn output_dim(&self) -> usize {
+        self.shape.output + self.lexical.as_ref().map_or(0, |l| l.dim)
     }
 
     /// L2-normalised vectors `[batch, output]` for a batch.
@@ -518,15 +611,17 @@ impl Tower {
     pub fn forward_rows(&self, rows: &Tensor, batch: &Batch) -> Result<Tensor, TrainError> {
         let device = batch.ids.device();
         let e = self.shape.embedding;
+        let tf = batch.tf_weights(self.shape.tf_power);
         let mut h = match &self.attention {
-            None => rows.contiguous()?.apply_op1(MeanBag {
-                local: batch.local.clone(),
-                offsets: batch.offsets.clone(),
-                unique: batch.unique.len(),
-            })?,
+            None => rows.contiguous()?.apply_op1(MeanBag::new(batch, tf.clone()))?,
             Some(w) => {
                 let x = rows.index_select(&batch.ids, 0)?; // [tokens, E]
-                let scores = x.matmul(w.as_tensor())?; // [tokens, 1]
+                let mut scores = x.matmul(w.as_tensor())?; // [tokens, 1]
+                if let Some(tf) = &tf {
+                    // softmax(s + ln w) weighs each token's exp(s) by w.
+                    let ln: Vec<f32> = tf.iter().map(|w| w.ln()).collect();
+                    scores = scores.broadcast_add(&Tensor::from_vec(ln, (tf.len(), 1), device)?)?;
+                }
                 if scores.dim(0)? == 0 {
                     Tensor::zeros((batch.size, e), DType::F32, device)?
                 } else {
@@ -555,9 +650,15 @@ impl Tower {
         // sqrt's gradient at 0 is infinite, and the clamp's zero gradient times infinity is NaN: a text that pools
         // to a zero vector (no known token) poisoned training. A tiny floor inside the root keeps the gradient
         // finite; the forward pass stays within 1e-12 of the exported graph's Sqrt + Max.
-        let norm =
-            h.sqr()?.sum_keepdim(1)?.affine(1.0, NORM_EPS * NORM_EPS)?.sqrt()?.clamp(NORM_EPS as f32, f32::MAX)?;
-        Ok(h.broadcast_div(&norm)?)
+        let learned = l2_normalise(&h)?;
+        match &self.lexical {
+            None => Ok(learned),
+            Some(lexical) => {
+                // Unit length already, but for an empty text (no lexical part): normalised again, as serving does.
+                let both = Tensor::cat(&[(learned * (1.0 - lexical.weight).sqrt())?, lexical.forward(batch, tf)?], 1)?;
+                l2_normalise(&both)
+            }
+        }
     }
 }
 
@@ -586,6 +687,15 @@ impl TwoTower {
             (false, false) => Some(Tower::new(shape, row_scale, token_ngrams, rng, device)?),
         };
         Ok(Self { query, document })
+    }
+
+    /// Appends the same fixed lexical channel to both towers.
+    pub fn with_lexical(mut self, lexical: Option<LexicalChannel>) -> Self {
+        self.query.lexical = lexical.clone();
+        if let Some(d) = &mut self.document {
+            d.lexical = lexical;
+        }
+        self
     }
 
     pub fn document_tower(&self) -> &Tower {
@@ -688,7 +798,7 @@ mod tests {
     use super::*;
 
     fn shape(pooling: TowerPooling, hidden: usize) -> TowerShape {
-        TowerShape { vocab: 20, embedding: 8, hidden, output: 4, pooling, ngram_buckets: 0 }
+        TowerShape { vocab: 20, embedding: 8, hidden, output: 4, pooling, ngram_buckets: 0, tf_power: 1.0 }
     }
 
     #[test]
@@ -720,11 +830,7 @@ mod tests {
         let table = EmbeddingTable::new(normal(&mut Rng::new(5), 10 * 3, 1.0), 10, 3);
         let rows = Var::from_tensor(&table.gather(&batch.unique, &device).unwrap()).unwrap();
         let weights = Tensor::from_vec(vec![1f32, -2., 3., 0.5, 1., -1., 2., 0., 1.], (3, 3), &device).unwrap();
-        let fused = rows.as_tensor().apply_op1(MeanBag {
-            local: batch.local.clone(),
-            offsets: batch.offsets.clone(),
-            unique: batch.unique.len(),
-        });
+        let fused = rows.as_tensor().apply_op1(MeanBag::new(&batch, None));
         let fused = fused.unwrap();
         let x = rows.as_tensor().index_select(&batch.ids, 0).unwrap();
         let plain = Tensor::zeros((3, 3), DType::F32, &device)
@@ -805,6 +911,7 @@ mod tests {
             output: 256,
             pooling: TowerPooling::Mean,
             ngram_buckets: 0,
+            tf_power: 1.0,
         };
         // A query [2, 3] against a document sharing the rare token (3) and one sharing the common token (2):
         // with IDF rows the rare match wins clearly, for several seeds.
@@ -852,12 +959,55 @@ mod tests {
             attention: None,
             layers: tower.layers.clone(),
             shape: TowerShape { ngram_buckets: 0, ..shape },
+            lexical: None,
         };
         let texts: [&[u32]; 3] = [&[1, 2, 9], &[0, 4], &[]];
         let x = to_rows(&tower.forward(&Batch::new(&texts, &device).unwrap()).unwrap()).unwrap();
         let y = to_rows(&plain.forward(&Batch::new(&texts, &device).unwrap()).unwrap()).unwrap();
         for (a, b) in x.iter().flatten().zip(y.iter().flatten()) {
             assert!((a - b).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn term_frequency_weights_saturate_repeated_tokens() {
+        let device = Device::Cpu;
+        let batch = Batch::new(&[&[5, 5, 5, 5, 2], &[], &[2]], &device).unwrap();
+        assert!(batch.tf_weights(1.0).is_none(), "a plain mean needs no weights");
+        // Four 5s weigh 4^0.5 = 2 together (½ each), the single 2 weighs 1.
+        let sqrt = batch.tf_weights(0.5).unwrap();
+        assert_eq!(sqrt.as_slice(), &[0.5, 0.5, 0.5, 0.5, 1.0, 1.0]);
+        let binary = batch.tf_weights(0.0).unwrap();
+        assert_eq!(binary.as_slice(), &[0.25, 0.25, 0.25, 0.25, 1.0, 1.0]);
+        // Binary weights pool [5 5 5 5 2] to the mean of rows 5 and 2.
+        let table = EmbeddingTable::new((0..10).map(|i| i as f32).collect(), 10, 1);
+        let rows = table.gather(&batch.unique, &device).unwrap();
+        let pooled = rows.apply_op1(MeanBag::new(&batch, Some(binary))).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(pooled, [[3.5], [0.0], [2.0]]);
+    }
+
+    #[test]
+    fn the_lexical_channel_matches_shared_rare_words_and_keeps_vectors_unit_length() {
+        let device = Device::Cpu;
+        let texts: Vec<Vec<u32>> = (0..50).map(|i| if i == 0 { vec![2, 3] } else { vec![2, 4 + (i % 10)] }).collect();
+        let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+        let scales = idf_scales(&refs, 20);
+        let shape = shape(TowerPooling::Mean, 0);
+        for seed in 0..5 {
+            let lexical = LexicalChannel::new(20, 256, 0.9, Some(&scales), &mut Rng::new(seed));
+            let towers = TwoTower::new(shape, false, false, None, None, &mut Rng::new(seed), &device)
+                .unwrap()
+                .with_lexical(Some(lexical));
+            let q = to_rows(&towers.query.forward(&Batch::new(&[&[2, 3]], &device).unwrap()).unwrap()).unwrap();
+            let docs: [&[u32]; 3] = [&[3, 7, 8], &[2, 7, 8], &[9, 10, 11]];
+            let d = to_rows(&towers.document_tower().forward(&Batch::new(&docs, &device).unwrap()).unwrap()).unwrap();
+            assert_eq!(q[0].len(), shape.output + 256);
+            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+            assert!((dot(&q[0], &q[0]) - 1.0).abs() < 1e-5);
+            // Independent random towers: only the lexical channel links the sides.
+            let (rare, common, none) = (dot(&q[0], &d[0]), dot(&q[0], &d[1]), dot(&q[0], &d[2]));
+            // The common token has almost no IDF weight: sharing it is worth no more than sharing nothing.
+            assert!(rare > common + 0.3 && rare > none + 0.3, "seed {seed}: {rare} {common} {none}");
         }
     }
 }
