@@ -191,14 +191,18 @@ struct TrainArgs {
     ngram_buckets: Option<usize>,
     /// Width of a fixed lexical channel appended to both towers' vectors (random IDF-scaled token rows, never
     /// trained: the dot product approximates an IDF-weighted bag-of-words cosine); 0 for none (config
-    /// `lexical_dim`).
+    /// `lexical_dim`, default 1024).
     #[arg(long, env = "DUET_TRAIN_LEXICAL_DIM")]
     lexical_dim: Option<usize>,
-    /// Share of the score from the lexical channel, in [0, 1) (config `lexical_weight`, default 0.5).
+    /// Share of the score from the lexical channel, in [0, 1) (config `lexical_weight`, default 0.6).
     #[arg(long, env = "DUET_TRAIN_LEXICAL_WEIGHT")]
     lexical_weight: Option<f64>,
+    /// The lexical channel's rows are scaled by IDF to this power: a matched token counts IDF^(2·power), ½ as in
+    /// BM25 (config `lexical_idf_power`, default 0.5).
+    #[arg(long, env = "DUET_TRAIN_LEXICAL_IDF_POWER")]
+    lexical_idf_power: Option<f64>,
     /// Term-frequency saturation of pooling in [0, 1]: a text's c occurrences of a token weigh c^tf_power together
-    /// (1 plain mean, 0 each distinct token once; config `tf_power`).
+    /// (1 plain mean, 0 each distinct token once; config `tf_power`, default 0.5).
     #[arg(long, env = "DUET_TRAIN_TF_POWER")]
     tf_power: Option<f64>,
     /// Compute threads (default: RAYON_NUM_THREADS, else every core); results are reproducible for a given seed
@@ -722,7 +726,17 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         ($($field:ident),*) => { $( if let Some(v) = args.$field { config.$field = v; } )* };
     }
     set!(pooling, vocab_size, max_tokens, embedding_dim, hidden_dim, output_dim, temperature, batch_size, epochs);
-    set!(learning_rate, seed, idf_init, hard_negatives, ngram_buckets, lexical_dim, lexical_weight, tf_power);
+    set!(
+        learning_rate,
+        seed,
+        idf_init,
+        hard_negatives,
+        ngram_buckets,
+        lexical_dim,
+        lexical_weight,
+        lexical_idf_power,
+        tf_power
+    );
     let options =
         TrainOptions { pairs: args.pairs, corpus: args.corpus, out: args.out.clone(), name: args.name, config };
     let bar = ProgressBar::new_spinner();
@@ -748,8 +762,8 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let r = &trained.report;
     eprintln!(
-        "{}: best epoch {} of {}, validation recall@10 {:.3} MRR@10 {:.3} (chance {:.4}), {} parameters, \
-         {:.0} pairs/s, {:.1} s in all",
+        "{}: best epoch {} of {}, validation recall@10 {:.3} MRR@10 {:.3} (chance {:.4}), {} parameters \
+         (+ {} fixed), {:.0} pairs/s, {:.1} s in all",
         args.out.display(),
         r.best_epoch,
         r.epochs_run,
@@ -757,6 +771,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         r.validation_mrr_at_10,
         r.validation_recall_at_10_chance,
         r.parameters,
+        r.fixed_parameters,
         r.pairs_per_second,
         r.total_seconds
     );

@@ -48,6 +48,9 @@ fn config(pooling: TowerPooling) -> TrainConfig {
         validation_candidates: 1000,
         patience: 8,
         hard_negatives: true,
+        // The plain learned towers; the lexical channel and term-frequency saturation are tested on their own.
+        lexical_dim: 0,
+        tf_power: 1.0,
         ..Default::default()
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Inputs `input_ids` and `attention_mask` (int64 `[batch, seq]`, right or left padding alike); output
 //! `sentence_embedding` (float `[batch, dimension]`, L2-normalised). The graph is the trainer's forward pass on
-//! padded input: Gather (from the token table with any n-gram features folded in) → masked mean (or masked softmax attention) → Gemm (Tanh between layers) → x / max(‖x‖, ε).
+//! padded input: Gather (from the token table with any n-gram features folded in) → token weights (the mask, or
+//! term-frequency saturation counted with an `[seq, seq]` Equal) → weighted mean (or masked softmax attention) →
+//! Gemm (Tanh between layers) → x / max(‖x‖, ε); with a lexical channel, a second Gather from the fixed lexical
+//! table, the same weighted sum, normalised, and both parts scaled and concatenated.
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
-//! The two-tower network in candle: per tower, token embeddings → pooling (masked mean, or learned attention) →
-//! linear layers (tanh between them) → L2 normalisation; the loss is InfoNCE over in-batch negatives.
+//! The two-tower network in candle: per tower, token embeddings → pooling (masked mean, or learned attention;
+//! optionally with term-frequency saturation) → linear layers (tanh between them) → L2 normalisation, with an
+//! optional fixed lexical channel appended ([`LexicalChannel`]); the loss is InfoNCE over in-batch negatives.
 //!
 //! Batches are ragged, never padded: the tokens of every text are laid end to end (`ids`), `rows` tells which
 //! text each token belongs to, and pooling sums per text with `index_add`. The exported ONNX graph computes the
@@ -86,19 +87,11 @@ impl EmbeddingTable {
     pub fn update(&mut self, updates: &[(&[u32], Vec<f32>)], adam: AdamSettings) {
         self.step += 1;
         let dim = self.dim;
-        let mut summed: std::collections::BTreeMap<u32, Vec<f32>> = std::collections::BTreeMap::new();
-        for (ids, grad) in updates {
-            for (i, &id) in ids.iter().enumerate() {
-                let g = &grad[i * dim..(i + 1) * dim];
-                let entry = summed.entry(id).or_insert_with(|| vec![0.0; dim]);
-                entry.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-            }
-        }
         let (b1, b2) = (adam.beta1 as f32, adam.beta2 as f32);
         let scale_m = 1.0 / (1.0 - adam.beta1.powi(self.step)) as f32;
         let scale_v = 1.0 / (1.0 - adam.beta2.powi(self.step)) as f32;
         let (lr, eps, decay) = (adam.lr as f32, adam.eps as f32, (adam.lr * adam.weight_decay) as f32);
-        for (id, g) in summed {
+        let mut apply = |id: u32, g: &[f32]| {
             let start = id as usize * dim;
             let w = &mut self.weights[start..start + dim];
             let m = &mut self.m[start..start + dim];
@@ -108,6 +101,24 @@ impl EmbeddingTable {
                 v[k] = b2 * v[k] + (1.0 - b2) * g[k] * g[k];
                 w[k] -= decay * w[k] + lr * (m[k] * scale_m) / ((v[k] * scale_v).sqrt() + eps);
             }
+        };
+        if let [(ids, grad)] = updates {
+            // One lookup (separate towers): its ids are distinct already.
+            for (i, &id) in ids.iter().enumerate() {
+                apply(id, &grad[i * dim..(i + 1) * dim]);
+            }
+            return;
+        }
+        let mut summed: std::collections::BTreeMap<u32, Vec<f32>> = std::collections::BTreeMap::new();
+        for (ids, grad) in updates {
+            for (i, &id) in ids.iter().enumerate() {
+                let g = &grad[i * dim..(i + 1) * dim];
+                let entry = summed.entry(id).or_insert_with(|| vec![0.0; dim]);
+                entry.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+            }
+        }
+        for (id, g) in summed {
+            apply(id, &g);
         }
     }
 }

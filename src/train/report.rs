@@ -42,7 +42,10 @@ pub struct TrainReport {
     /// Training pairs given a BM25 hard negative, and the seconds spent mining them (outside `training_seconds`).
     pub hard_negative_pairs: usize,
     pub mining_seconds: f64,
+    /// Trained weights (both towers).
     pub parameters: usize,
+    /// Fixed weights: the lexical channel's table (shared by the towers, never trained).
+    pub fixed_parameters: usize,
     /// Whole command: tokenizer training, tokenization, training, validation and export.
     pub total_seconds: f64,
     pub tokenizer_seconds: f64,
