@@ -808,6 +808,13 @@ pub fn scalar(t: &Tensor) -> Result<f32, TrainError> {
 mod tests {
     use super::*;
 
+    /// IDF scales over 50 texts of a 20-token vocabulary: token 2 is in every text, token 3 in one.
+    fn rare_and_common_scales() -> Vec<f32> {
+        let texts: Vec<Vec<u32>> = (0..50).map(|i| if i == 0 { vec![2, 3] } else { vec![2, 4 + (i % 10)] }).collect();
+        let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+        idf_scales(&refs, 20)
+    }
+
     fn shape(pooling: TowerPooling, hidden: usize) -> TowerShape {
         TowerShape { vocab: 20, embedding: 8, hidden, output: 4, pooling, ngram_buckets: 0, tf_power: 1.0 }
     }
@@ -910,9 +917,7 @@ mod tests {
     fn idf_scaled_rows_make_the_untrained_tower_an_idf_weighted_bag_of_words() {
         let device = Device::Cpu;
         // Token 2 is in every text, token 3 in one: the rare token must weigh more.
-        let texts: Vec<Vec<u32>> = (0..50).map(|i| if i == 0 { vec![2, 3] } else { vec![2, 4 + (i % 10)] }).collect();
-        let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
-        let scales = idf_scales(&refs, 20);
+        let scales = rare_and_common_scales();
         assert!(scales[3] > 3.0 * scales[2], "{scales:?}");
         assert!(scales[19] >= scales[3], "an unseen token gets the largest idf");
         let wide = TowerShape {
@@ -1000,9 +1005,7 @@ mod tests {
     #[test]
     fn the_lexical_channel_matches_shared_rare_words_and_keeps_vectors_unit_length() {
         let device = Device::Cpu;
-        let texts: Vec<Vec<u32>> = (0..50).map(|i| if i == 0 { vec![2, 3] } else { vec![2, 4 + (i % 10)] }).collect();
-        let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
-        let scales = idf_scales(&refs, 20);
+        let scales = rare_and_common_scales();
         let shape = shape(TowerPooling::Mean, 0);
         for seed in 0..5 {
             let lexical = LexicalChannel::new(20, 256, 0.9, Some(&scales), &mut Rng::new(seed));
