@@ -15,7 +15,7 @@ use hnsw_rs::prelude::{DistDot, Hnsw};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::pooling::normalize;
+use crate::util::normalize;
 
 /// Per-model index settings (`[models.index]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ use super::AppState;
 use crate::engine::{Engine, SearchQuery};
 use crate::eval::metrics::{ndcg_at, recall_at, reciprocal_rank};
 use crate::eval::stats::bootstrap_ci;
-use crate::experiment::stats::{self, Estimate};
+use crate::experiment::stats::Estimate;
 
 /// Pairs answered synchronously at most.
 pub const SYNC_PAIRS: usize = 100;
@@ -275,8 +275,8 @@ async fn evaluate(
             mrr_at_10: estimate(&rr),
             ndcg_at_10: estimate(&nd),
             recall: recalls.iter().map(|(k, v)| (format!("@{k}"), estimate(v))).collect(),
-            query_ms_p50: stats::quantile(&ms, 0.5),
-            query_ms_p99: stats::quantile(&ms, 0.99),
+            query_ms_p50: crate::util::stats::quantile(&ms, 0.5),
+            query_ms_p99: crate::util::stats::quantile(&ms, 0.99),
         });
     }
     let details = body.details.then(|| {

@@ -5,6 +5,7 @@
 //! Implementations: [`onnx::SingleNetworkEncoder`] (plain encoders and decoder LLMs: one network for both sides,
 //! with per-side prefixes) and [`onnx::TwoTowerEncoder`] (a query tower and a document tower).
 
+pub mod bench;
 pub mod manifest;
 pub mod onnx;
 pub mod pooling;

@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::ResolvedManifest;
-use super::pooling::{normalize, pool};
+use super::pooling::pool;
+use crate::util::normalize;
 use super::{Encoded, Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side};
 
 /// Options for building sessions.

@@ -36,14 +36,6 @@ pub fn pool(states: &[f32], batch: usize, seq: usize, dim: usize, mask: &[i64], 
         .collect()
 }
 
-/// Scales `v` to unit L2 norm (a zero vector stays zero).
-pub fn normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,13 +62,4 @@ mod tests {
         assert_eq!(pool(&STATES[..6], 1, 3, 2, &[0, 0, 0], Pooling::LastToken), vec![vec![0.0, 0.0]]);
     }
 
-    #[test]
-    fn normalize_gives_unit_length() {
-        let mut v = vec![3.0, 4.0];
-        normalize(&mut v);
-        assert_eq!(v, vec![0.6, 0.8]);
-        let mut zero = vec![0.0, 0.0];
-        normalize(&mut zero);
-        assert_eq!(zero, vec![0.0, 0.0]);
-    }
 }

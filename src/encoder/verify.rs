@@ -54,6 +54,21 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Verifies the model in `dir` against `reference` (default `dir/reference.json`).
+impl std::fmt::Display for VerifyReport {
+    /// One line per checked text (cosine batched / single / batched-vs-single), then the verdict.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}: cosine with the reference (min {}), batched / single / batched-vs-single", self.model, self.min_cosine)?;
+        for c in &self.checks {
+            let truncated = if c.truncated { " (truncated)" } else { "" };
+            writeln!(f, "  {:.6} {:.6} {:.6}{truncated} {:?}", c.cosine_batched, c.cosine_single, c.batched_vs_single, c.text)?;
+        }
+        if self.passed {
+            writeln!(f, "{}: verified", self.model)?;
+        }
+        Ok(())
+    }
+}
+
 pub fn verify(
     dir: &Path,
     reference: Option<&Path>,

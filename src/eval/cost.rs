@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::stats::quantile;
+use crate::util::stats::quantile;
 
 /// One system's costs.
 #[derive(Debug, Clone, Serialize)]

@@ -15,7 +15,7 @@ use super::report::{self, EvalReport};
 use super::run::{evaluate, set_name, write_report, RunOptions};
 use super::stats::Interval;
 use super::{read_lines, EvalError};
-use crate::train::rng::Rng;
+use crate::util::rng::Rng;
 use crate::train::{Progress, TrainConfig, TrainOptions};
 
 /// One two-tower model to train.

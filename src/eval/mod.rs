@@ -5,7 +5,7 @@
 //! This module owns the data: reading a data folder, the graded relevance of `qrels.tsv`, and the seeded corpus
 //! and query samples. The rest lives in one file per concern:
 //! [`metrics`] (rank metrics of one query), [`stats`] (bootstrap intervals, paired tests),
-//! [`bm25`] (the lexical baseline), [`quality`] (alignment, uniformity, anisotropy, score gaps),
+//! [`crate::lexical`] (the BM25 baseline), [`quality`] (alignment, uniformity, anisotropy, score gaps),
 //! [`cost`] (speed, memory and size), [`run`] (one evaluation through the engine), [`report`] (the report's
 //! structure and its Markdown), [`plots`] (SVG charts) and [`curve`] (learning curves and cross-domain runs,
 //! which train two-tower models with [`crate::train`]).
@@ -32,7 +32,6 @@
 //! judgements for queries absent from `test.jsonl` are ignored. Recall and MRR count every grade above 0 as
 //! relevant.
 
-pub mod bm25;
 pub mod cost;
 pub mod curve;
 pub mod metrics;

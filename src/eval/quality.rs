@@ -6,17 +6,7 @@
 
 use serde::Serialize;
 
-use crate::train::rng::Rng;
-
-/// A unit-length copy of `v` (a zero vector stays zero).
-pub fn normalized(v: &[f32]) -> Vec<f32> {
-    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
-    if norm == 0.0 {
-        v.to_vec()
-    } else {
-        v.iter().map(|x| (*x as f64 / norm) as f32).collect()
-    }
-}
+use crate::util::rng::Rng;
 
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum()
@@ -155,7 +145,7 @@ pub fn measure(
         queries.iter().flat_map(|(q, rel)| rel.iter().map(move |&d| (q.as_slice(), documents[d].as_slice()))).collect();
     let pairs = random_pairs(documents.len(), document_pairs, seed);
     let samples = score_samples(queries, documents, seed);
-    let mean = super::stats::mean;
+    let mean = crate::util::stats::mean;
     let gaps: Vec<f64> = samples.positive.iter().zip(&samples.best_negative).map(|(p, n)| p - n).collect();
     let histogram = |v: &[f64]| Histogram::new(v, -1.0, 1.0, 40);
     EmbeddingQuality {
@@ -204,7 +194,6 @@ mod tests {
         let same = vec![x.clone(), x.clone()];
         assert!(close(uniformity(&same, &[(0, 1)]), 0.0), "collapsed vectors: log 1");
         assert!(close(anisotropy(&same, &[(0, 1)]), 1.0));
-        assert_eq!(normalized(&[3.0, 4.0]), vec![0.6, 0.8]);
         assert!(random_pairs(5, 100, 1).iter().all(|(i, j)| i != j && *i < 5 && *j < 5));
         assert!(random_pairs(1, 10, 1).is_empty());
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::bm25::{Bm25Index, Bm25Params};
+use crate::lexical::{Bm25Index, Bm25Params};
 use super::cost::{self, ModelCost};
 use super::metrics::{query_metrics, QueryMetrics};
 use super::quality::{self, EmbeddingQuality};
@@ -250,7 +250,7 @@ async fn quality_of(
     let stored =
         engine.store().embeddings(&served.info.name, &served.info.version).await.map_err(anyhow::Error::from)?;
     let position: HashMap<&str, usize> = stored.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
-    let documents: Vec<Vec<f32>> = stored.iter().map(|(_, v)| quality::normalized(v)).collect();
+    let documents: Vec<Vec<f32>> = stored.iter().map(|(_, v)| crate::util::normalized(v)).collect();
     let sample = &queries[..queries.len().min(options.quality_queries)];
     let mut vectors = Vec::with_capacity(sample.len());
     for chunk in sample.chunks(16) {
@@ -267,7 +267,7 @@ async fn quality_of(
                 .filter(|(_, g)| **g > 0.0)
                 .filter_map(|(d, _)| position.get(d.as_str()).copied())
                 .collect();
-            (quality::normalized(&v), relevant)
+            (crate::util::normalized(&v), relevant)
         })
         .collect();
     Ok(quality::measure(model, &with_relevant, &documents, options.document_pairs, options.resampling.seed))

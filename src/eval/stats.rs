@@ -5,7 +5,8 @@
 
 use serde::Serialize;
 
-use crate::train::rng::Rng;
+use crate::util::rng::Rng;
+use crate::util::stats::{mean, quantile};
 
 /// A mean with its confidence interval.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -13,25 +14,6 @@ pub struct Interval {
     pub mean: f64,
     pub low: f64,
     pub high: f64,
-}
-
-/// Arithmetic mean (0 for no values).
-pub fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        0.0
-    } else {
-        values.iter().sum::<f64>() / values.len() as f64
-    }
-}
-
-/// The `q` quantile (0..=1) of sorted values, by linear interpolation between order statistics.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let pos = q.clamp(0.0, 1.0) * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
 }
 
 /// Percentile bootstrap interval of the mean of `values`: `resamples` resamples of the queries with
@@ -160,14 +142,6 @@ pub fn holm(p: &[f64]) -> Vec<f64> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn quantiles_interpolate() {
-        let v = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(quantile(&v, 0.0), 1.0);
-        assert_eq!(quantile(&v, 1.0), 4.0);
-        assert!((quantile(&v, 0.5) - 2.5).abs() < 1e-12);
-        assert_eq!(mean(&[]), 0.0);
-    }
 
     #[test]
     fn bootstrap_is_seeded_and_brackets_the_mean() {

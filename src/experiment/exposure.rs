@@ -8,49 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
-use crate::store::Store;
-
-/// One shown result.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ExposureItem {
-    /// 1-based position in the response.
-    pub position: u32,
-    pub doc_id: String,
-    /// The arm that contributed it (in A/B and shadow mode, the serving arm).
-    pub team: String,
-}
-
-/// One search under an experiment.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExposureRecord {
-    pub request_id: String,
-    pub experiment_id: String,
-    /// For metric labels.
-    pub experiment_name: String,
-    pub unit_id: String,
-    /// The serving arm; `None` when interleaved.
-    pub arm: Option<String>,
-    pub query: String,
-    pub latency_ms: f64,
-    pub items: Vec<ExposureItem>,
-}
-
-/// What a shadow arm returned for a served request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShadowRecord {
-    pub request_id: String,
-    pub experiment_id: String,
-    pub experiment_name: String,
-    pub arm: String,
-    pub doc_ids: Vec<String>,
-    pub jaccard: f64,
-    pub rbo: f64,
-    pub latency_ms: f64,
-}
+use crate::store::{ExposureRecord, ShadowRecord, Store};
 
 enum Message {
     Exposure(ExposureRecord),

@@ -25,70 +25,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::ExperimentSettings;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
-pub use exposure::{ExposureItem, ExposureLog, ExposureRecord, ShadowRecord};
-
-/// How an experiment uses its arms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Each unit sees one arm, chosen by a sticky weighted hash.
-    Ab,
-    /// Every search merges the two arms' rankings (team-draft); clicks credit the arm that contributed the result.
-    Interleave,
-    /// The first arm serves; the second runs off the request path and its overlap with the served list is logged.
-    Shadow,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Ab => "ab",
-            Mode::Interleave => "interleave",
-            Mode::Shadow => "shadow",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "ab" => Some(Mode::Ab),
-            "interleave" => Some(Mode::Interleave),
-            "shadow" => Some(Mode::Shadow),
-            _ => None,
-        }
-    }
-}
-
-/// Where an experiment is in its life cycle. Only a `running` experiment assigns units and logs exposures;
-/// searches under any other status are served by the control arm (the first) and not logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Draft,
-    Running,
-    Paused,
-    Stopped,
-    Archived,
-}
+pub use crate::store::{Arm, Experiment, ExposureItem, ExposureRecord, Mode, ShadowRecord, Status};
+pub use exposure::ExposureLog;
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Draft => "draft",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-            Status::Archived => "archived",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "draft" => Some(Status::Draft),
-            "running" => Some(Status::Running),
-            "paused" => Some(Status::Paused),
-            "stopped" => Some(Status::Stopped),
-            "archived" => Some(Status::Archived),
-            _ => None,
-        }
-    }
     /// The allowed transitions. A stopped experiment cannot restart (its data would mix two periods): create a
     /// new one. Archiving is the only way to retire an experiment; nothing is deleted.
     pub fn can_become(self, next: Status) -> bool {
@@ -105,31 +45,6 @@ impl Status {
                 | (Stopped, Archived)
         ) || self == next
     }
-}
-
-/// One arm: a served model under a name, with a weight (A/B share; unused by the other modes).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Arm {
-    pub name: String,
-    pub model: String,
-    pub weight: f64,
-}
-
-/// An experiment as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Experiment {
-    pub id: String,
-    pub name: String,
-    pub mode: Mode,
-    pub status: Status,
-    pub arms: Vec<Arm>,
-    pub salt: String,
-    /// Whether searches that name no experiment (and no model) go through this one.
-    pub default: bool,
-    pub created_at: String,
-    pub updated_at: String,
-    pub started_at: Option<String>,
-    pub stopped_at: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,9 +242,7 @@ pub struct Experiments {
     writes: tokio::sync::Mutex<()>,
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+use crate::util::now;
 
 impl Experiments {
     /// Loads every experiment from the store and starts the exposure log's writer.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::stats::{self, Estimate};
+use crate::util::stats::quantile;
 use super::{Experiment, ExperimentError, Mode};
 use crate::store::{ArmOutcome, Store};
 
@@ -64,9 +65,9 @@ impl Latency {
         Self {
             count,
             mean,
-            p50: stats::quantile(&values, 0.5),
-            p95: stats::quantile(&values, 0.95),
-            p99: stats::quantile(&values, 0.99),
+            p50: quantile(&values, 0.5),
+            p95: quantile(&values, 0.95),
+            p99: quantile(&values, 0.99),
         }
     }
 }
@@ -92,7 +93,7 @@ fn outcomes(o: &ArmOutcome, latencies: Vec<f64>) -> Outcomes {
         ctr: stats::proportion(o.clicked, o.impressions),
         converted_impressions: o.converted,
         conversion_rate: stats::proportion(o.converted, o.impressions),
-        mrr_first_click: stats::mean(o.rr_sum, o.rr_squares, o.impressions),
+        mrr_first_click: stats::mean_estimate(o.rr_sum, o.rr_squares, o.impressions),
         latency_ms: Latency::of(latencies),
     }
 }
@@ -181,7 +182,7 @@ fn mean_of(values: impl Iterator<Item = f64>) -> Estimate {
         squares += v * v;
         n += 1;
     }
-    stats::mean(sum, squares, n)
+    stats::mean_estimate(sum, squares, n)
 }
 
 pub async fn build(

@@ -13,12 +13,14 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::interleave::{outcome, team_draft, Outcome};
 use super::stats;
-use crate::train::rng::Rng;
+use crate::util::jsonl::{self, JsonlError, PairLine};
+use crate::util::rng::Rng;
+use crate::util::stats::{mean, quantile};
 
 /// Position-biased clicks: a result at 1-based rank r is examined with probability 1 / r^eta; an examined result
 /// is clicked with probability `relevant` when it is the query's relevant document and `noise` otherwise.
@@ -50,20 +52,11 @@ impl ClickModel {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct PairLine {
-    query: String,
-    doc_id: String,
-}
-
 /// Queries with their relevant documents, in file order (duplicated queries merged).
-pub fn load_queries(path: &Path, limit: usize) -> anyhow::Result<Vec<(String, HashSet<String>)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn load_queries(path: &Path, limit: usize) -> Result<Vec<(String, HashSet<String>)>, JsonlError> {
     let mut order: Vec<String> = Vec::new();
     let mut relevant: HashMap<String, HashSet<String>> = HashMap::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let pair: PairLine =
-            serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), n + 1))?;
+    for pair in jsonl::read::<PairLine>(path)? {
         let entry = relevant.entry(pair.query.clone()).or_default();
         if entry.is_empty() {
             order.push(pair.query.clone());
@@ -110,10 +103,10 @@ fn summarize(mut ms: Vec<f64>) -> LatencySummary {
     ms.sort_by(f64::total_cmp);
     LatencySummary {
         count: ms.len(),
-        p50: stats::quantile(&ms, 0.5),
-        p90: stats::quantile(&ms, 0.9),
-        p99: stats::quantile(&ms, 0.99),
-        mean: if ms.is_empty() { 0.0 } else { ms.iter().sum::<f64>() / ms.len() as f64 },
+        p50: quantile(&ms, 0.5),
+        p90: quantile(&ms, 0.9),
+        p99: quantile(&ms, 0.99),
+        mean: mean(&ms),
     }
 }
 

@@ -42,7 +42,7 @@ pub fn proportion(successes: u64, trials: u64) -> Estimate {
 }
 
 /// A mean from its sum and sum of squares, with a normal-approximation interval.
-pub fn mean(sum: f64, sum_squares: f64, n: u64) -> Estimate {
+pub fn mean_estimate(sum: f64, sum_squares: f64, n: u64) -> Estimate {
     if n == 0 {
         return Estimate { value: 0.0, ci95: [0.0, 0.0] };
     }
@@ -152,15 +152,6 @@ pub fn rbo(a: &[String], b: &[String], p: f64) -> f64 {
     overlap as f64 / k as f64 * p.powi(k as i32) + (1.0 - p) / p * sum
 }
 
-/// The `q` quantile of sorted values (nearest rank); 0 when empty.
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (q * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +179,7 @@ mod tests {
     #[test]
     fn mean_interval_uses_the_sample_variance() {
         // Values 1, 0, 0, 1: mean 0.5, sample variance 1/3, half-width 1.96·sqrt(1/12) = 0.5658.
-        let e = mean(2.0, 2.0, 4);
+        let e = mean_estimate(2.0, 2.0, 4);
         assert!(close(e.value, 0.5, 1e-12));
         assert!(close(e.ci95[0], 0.5 - 0.565_8, 1e-4) && close(e.ci95[1], 0.5 + 0.565_8, 1e-4), "{e:?}");
     }
@@ -234,12 +225,4 @@ mod tests {
         assert!(close(rbo(&ids("1 2 3"), &ids("1 3 2"), 0.9), 0.955, 1e-9));
     }
 
-    #[test]
-    fn quantiles_by_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.5), 50.0);
-        assert_eq!(quantile(&v, 0.99), 99.0);
-        assert_eq!(quantile(&v, 1.0), 100.0);
-        assert_eq!(quantile(&[], 0.5), 0.0);
-    }
 }

@@ -1,55 +1,22 @@
 //! The relational store: documents of the corpus and their embeddings per (model, model version), and the
-//! experiments with their exposures, shadow comparisons and feedback. The
-//! [`Store`] trait is what the rest of Duet sees; [`sqlite::SqliteStore`] is the embedded default, and a
-//! PostgreSQL implementation can follow with its own `migrations/postgres`.
+//! experiments with their exposures, shadow comparisons and feedback. The [`Store`] trait is what the rest of
+//! Duet sees; [`sqlite::SqliteStore`] is the embedded default, and a PostgreSQL implementation can follow with its
+//! own `migrations/postgres`. The rows themselves are plain data in [`records`]. The store uses only [`crate::util`]:
+//! it knows nothing of the layers above it.
 
+pub mod records;
 pub mod sqlite;
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use records::{
+    Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureRecord, Fingerprint, InterleaveCounts, Mode,
+    NewDocument, NewEmbedding, ShadowRecord, ShadowRow, Shown, Status,
+};
 pub use sqlite::SqliteStore;
-
-use crate::experiment::{Experiment, ExposureItem, ExposureRecord, ShadowRecord};
-
-/// A document as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Document {
-    pub id: String,
-    pub text: String,
-    pub metadata: serde_json::Value,
-    pub content_hash: String,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// A document to write.
-#[derive(Debug, Clone)]
-pub struct NewDocument {
-    pub id: String,
-    pub text: String,
-    pub metadata: serde_json::Value,
-}
-
-/// One embedding to write, for the document of the same id in the same call.
-#[derive(Debug, Clone)]
-pub struct NewEmbedding {
-    pub model: String,
-    pub model_version: String,
-    pub document_id: String,
-    pub content_hash: String,
-    pub vector: Vec<f32>,
-}
-
-/// What identifies a stored document's content: used to skip unchanged documents on re-import.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fingerprint {
-    pub content_hash: String,
-    pub metadata: serde_json::Value,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,47 +28,6 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-}
-
-/// What a request under an experiment showed, as logged.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Shown {
-    pub experiment_id: String,
-    pub arm: Option<String>,
-    pub items: Vec<ExposureItem>,
-}
-
-/// Per-impression outcomes summed over one arm (`arm` is `None` for interleaved impressions).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ArmOutcome {
-    pub arm: Option<String>,
-    pub impressions: u64,
-    /// Impressions with at least one click.
-    pub clicked: u64,
-    /// Impressions with at least one conversion.
-    pub converted: u64,
-    /// Sum and sum of squares of 1 / (position of the first click), 0 for impressions without a click.
-    pub rr_sum: f64,
-    pub rr_squares: f64,
-}
-
-/// Interleaved impressions by outcome: team 0 or 1 got more credited clicks, both the same, or no click.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct InterleaveCounts {
-    pub impressions: u64,
-    pub wins: [u64; 2],
-    pub ties: u64,
-    pub no_click: u64,
-    /// Credited clicks per team.
-    pub clicks: [u64; 2],
-}
-
-/// One shadow comparison, for the report.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShadowRow {
-    pub jaccard: f64,
-    pub rbo: f64,
-    pub latency_ms: f64,
 }
 
 /// SHA-256 of a document's text, hex.

@@ -10,18 +10,17 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
-use super::{
-    ArmOutcome, Document, Fingerprint, InterleaveCounts, NewDocument, NewEmbedding, ShadowRow, Shown, Store, StoreError,
+use super::records::{
+    Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureRecord, Fingerprint, InterleaveCounts, Mode,
+    NewDocument, NewEmbedding, ShadowRecord, ShadowRow, Shown, Status,
 };
-use crate::experiment::{Arm, Experiment, ExposureItem, ExposureRecord, Mode, ShadowRecord, Status};
+use super::{Store, StoreError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+use crate::util::now;
 
 fn vector_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()

@@ -236,7 +236,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 mod tests {
     use super::*;
     use crate::train::model::{TowerPooling, TowerShape};
-    use crate::train::rng::Rng;
+    use crate::util::rng::Rng;
 
     #[test]
     fn the_graph_parses_back_with_the_serving_names() {

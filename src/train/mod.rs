@@ -8,16 +8,14 @@
 //! towers to ONNX ([`export`]) with `tokenizer.json`, `model.toml` and `report.json` ([`report`]). The test split
 //! is never read here.
 //!
-//! Training is deterministic for a given seed and thread count: every random draw comes from [`rng::Rng`].
+//! Training is deterministic for a given seed and thread count: every random draw comes from [`Rng`].
 
 pub mod export;
 pub mod model;
 pub mod report;
-pub mod rng;
 pub mod tokenizer;
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -27,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use model::{AdamSettings, Batch, Tower, TowerPooling, TowerShape, TwoTower};
 use report::{EpochReport, TrainReport};
-use rng::Rng;
+use crate::util::jsonl::{self, CorpusLine, JsonlError, PairLine};
+use crate::util::rng::Rng;
 use tokenizer::TokenizerOptions;
 
 /// Errors of `duet train`.
@@ -35,8 +34,8 @@ use tokenizer::TokenizerOptions;
 pub enum TrainError {
     #[error("cannot read {path}: {message}")]
     Read { path: String, message: String },
-    #[error("{path}:{line}: {message}")]
-    BadLine { path: String, line: usize, message: String },
+    #[error(transparent)]
+    Data(#[from] JsonlError),
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
     #[error("invalid training settings: {0}")]
@@ -247,36 +246,6 @@ pub enum Progress {
     Epoch(EpochReport),
 }
 
-#[derive(Deserialize)]
-struct PairLine {
-    query: String,
-    doc_id: String,
-}
-
-#[derive(Deserialize)]
-struct CorpusLine {
-    id: String,
-    text: String,
-}
-
-fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, TrainError> {
-    let read_err = |e: std::io::Error| TrainError::Read { path: path.display().to_string(), message: e.to_string() };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(read_err)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(serde_json::from_str(&line).map_err(|e| TrainError::BadLine {
-            path: path.display().to_string(),
-            line: i + 1,
-            message: e.to_string(),
-        })?);
-    }
-    Ok(out)
-}
-
 /// A model name the manifest accepts, from the output folder's name.
 fn default_name(out: &Path) -> String {
     let raw = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -363,7 +332,7 @@ pub fn mine_hard_negatives(
     texts: &[&str],
     threads: usize,
 ) -> Vec<Option<usize>> {
-    use crate::eval::bm25::{Bm25Index, Bm25Params};
+    use crate::lexical::{Bm25Index, Bm25Params};
     let ids: Vec<String> = candidates.iter().map(|c| c.to_string()).collect();
     let index =
         Bm25Index::build(ids.iter().zip(candidates).map(|(id, &c)| (id.as_str(), texts[c])), Bm25Params::default());
@@ -407,14 +376,14 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
     let device = Device::Cpu;
 
     // Data.
-    let corpus: Vec<CorpusLine> = read_jsonl(&options.corpus)?;
+    let corpus: Vec<CorpusLine> = jsonl::read(&options.corpus)?;
     let mut doc_index: HashMap<&str, usize> = HashMap::with_capacity(corpus.len());
     for (i, d) in corpus.iter().enumerate() {
         if doc_index.insert(d.id.as_str(), i).is_some() {
             return Err(TrainError::Config(format!("{}: duplicate document id {:?}", options.corpus.display(), d.id)));
         }
     }
-    let raw_pairs: Vec<PairLine> = read_jsonl(&options.pairs)?;
+    let raw_pairs: Vec<PairLine> = jsonl::read(&options.pairs)?;
     let pairs_read = raw_pairs.len();
     let pairs: Vec<(String, usize)> =
         raw_pairs.into_iter().filter_map(|p| doc_index.get(p.doc_id.as_str()).map(|&d| (p.query, d))).collect();

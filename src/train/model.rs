@@ -13,7 +13,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use super::rng::Rng;
+use crate::util::rng::Rng;
 use super::TrainError;
 
 /// How a tower turns token vectors into one vector.

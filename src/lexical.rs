@@ -1,7 +1,7 @@
-//! The BM25 baseline every table carries: a small in-memory inverted index, built by Duet itself over the same
-//! (sampled) corpus the models search. Tokens are lower-cased alphanumeric runs, with identifiers split at
-//! camelCase and snake_case boundaries (`parseHTTPResponse_v2` → `parse http response v2`), so code and prose
-//! share words. Okapi BM25 with k1 0.9, b 0.4 and Lucene's non-negative idf, ln(1 + (N − df + 0.5) / (df + 0.5)).
+//! Lexical matching, a leaf that `eval` (the BM25 baseline every table carries) and `train` (BM25 hard negatives)
+//! both use; it uses nothing of Duet's. A small in-memory inverted index over a (sampled) corpus. Tokens are
+//! lower-cased alphanumeric runs, with identifiers split at camelCase and snake_case boundaries
+//! (`parseHTTPResponse_v2` → `parse http response v2`), so code and prose share words. Okapi BM25 with k1 0.9, b 0.4 and Lucene's non-negative idf, ln(1 + (N − df + 0.5) / (df + 0.5)).
 
 use std::collections::HashMap;
 

@@ -1,0 +1,101 @@
+//! `duet serve`: the server flags (shared with `import`), their overlay on the config file, and the command
+//! itself — start the server and run until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use duet::config::{Config, ModelEntry};
+
+use super::RuntimeArgs;
+
+/// What `serve` and `import` share: the config file, the store and the models, each a flag and an environment
+/// variable that override the config file.
+#[derive(ClapArgs)]
+pub struct ServerArgs {
+    /// Config file (TOML); see examples/tiny.toml.
+    #[arg(long, env = "DUET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// SQLite database file (overrides the config's `store`).
+    #[arg(long, env = "DUET_STORE")]
+    pub store: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    /// Model folders (holding model.toml) to serve instead of the config's [[models]]; comma-separated in the
+    /// environment variable.
+    #[arg(long = "model", env = "DUET_MODELS", value_delimiter = ',')]
+    pub models: Vec<PathBuf>,
+    /// Model used when a request names none (default: the first one).
+    #[arg(long, env = "DUET_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+}
+
+impl ServerArgs {
+    /// The config file (or the defaults), with the flags laid over it.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(store) = &self.store {
+            config.store = store.clone();
+        }
+        if let Some(lib) = &self.runtime.onnxruntime {
+            config.onnxruntime = Some(lib.clone());
+        }
+        if !self.models.is_empty() {
+            config.models = self
+                .models
+                .iter()
+                .map(|path| ModelEntry { path: path.clone(), index: Default::default(), encoder: None })
+                .collect();
+        }
+        if let Some(name) = &self.default_model {
+            config.default_model = Some(name.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[derive(ClapArgs)]
+pub struct Args {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Address to listen on (default: the config's `listen`, else 127.0.0.1:8080).
+    #[arg(long, env = "DUET_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// JSONL corpus to import at start-up (unchanged documents are skipped).
+    #[arg(long, env = "DUET_IMPORT")]
+    pub import: Option<PathBuf>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = args.server.config()?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(import) = args.import {
+        config.import = Some(import);
+    }
+    let server = duet::server::start(config).await?;
+    println!("duet listening on http://{}", server.addr);
+    server.run_until(shutdown_signal()).await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+}

@@ -1,0 +1,210 @@
+//! The rows the store keeps, as plain data owned by the store layer: documents and their embeddings, experiment
+//! definitions, exposures (what a search under an experiment showed), shadow comparisons, and the outcome sums a
+//! report reads. It uses nothing of Duet's; `experiment` builds on these types and adds their behaviour (the life
+//! cycle, assignment, reports).
+
+use serde::{Deserialize, Serialize};
+
+/// A document as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    pub metadata: serde_json::Value,
+    pub content_hash: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A document to write.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    pub id: String,
+    pub text: String,
+    pub metadata: serde_json::Value,
+}
+
+/// One embedding to write, for the document of the same id in the same call.
+#[derive(Debug, Clone)]
+pub struct NewEmbedding {
+    pub model: String,
+    pub model_version: String,
+    pub document_id: String,
+    pub content_hash: String,
+    pub vector: Vec<f32>,
+}
+
+/// What identifies a stored document's content: used to skip unchanged documents on re-import.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fingerprint {
+    pub content_hash: String,
+    pub metadata: serde_json::Value,
+}
+
+/// How an experiment uses its arms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Each unit sees one arm, chosen by a sticky weighted hash.
+    Ab,
+    /// Every search merges the two arms' rankings (team-draft); clicks credit the arm that contributed the result.
+    Interleave,
+    /// The first arm serves; the second runs off the request path and its overlap with the served list is logged.
+    Shadow,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ab => "ab",
+            Mode::Interleave => "interleave",
+            Mode::Shadow => "shadow",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ab" => Some(Mode::Ab),
+            "interleave" => Some(Mode::Interleave),
+            "shadow" => Some(Mode::Shadow),
+            _ => None,
+        }
+    }
+}
+
+/// Where an experiment is in its life cycle. Only a `running` experiment assigns units and logs exposures;
+/// searches under any other status are served by the control arm (the first) and not logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Draft,
+    Running,
+    Paused,
+    Stopped,
+    Archived,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+            Status::Archived => "archived",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "draft" => Some(Status::Draft),
+            "running" => Some(Status::Running),
+            "paused" => Some(Status::Paused),
+            "stopped" => Some(Status::Stopped),
+            "archived" => Some(Status::Archived),
+            _ => None,
+        }
+    }
+}
+
+/// One arm: a served model under a name, with a weight (A/B share; unused by the other modes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub name: String,
+    pub model: String,
+    pub weight: f64,
+}
+
+/// An experiment as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Experiment {
+    pub id: String,
+    pub name: String,
+    pub mode: Mode,
+    pub status: Status,
+    pub arms: Vec<Arm>,
+    pub salt: String,
+    /// Whether searches that name no experiment (and no model) go through this one.
+    pub default: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub stopped_at: Option<String>,
+}
+
+/// One shown result.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExposureItem {
+    /// 1-based position in the response.
+    pub position: u32,
+    pub doc_id: String,
+    /// The arm that contributed it (in A/B and shadow mode, the serving arm).
+    pub team: String,
+}
+
+/// One search under an experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExposureRecord {
+    pub request_id: String,
+    pub experiment_id: String,
+    /// For metric labels.
+    pub experiment_name: String,
+    pub unit_id: String,
+    /// The serving arm; `None` when interleaved.
+    pub arm: Option<String>,
+    pub query: String,
+    pub latency_ms: f64,
+    pub items: Vec<ExposureItem>,
+}
+
+/// What a shadow arm returned for a served request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowRecord {
+    pub request_id: String,
+    pub experiment_id: String,
+    pub experiment_name: String,
+    pub arm: String,
+    pub doc_ids: Vec<String>,
+    pub jaccard: f64,
+    pub rbo: f64,
+    pub latency_ms: f64,
+}
+
+/// What a request under an experiment showed, as logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shown {
+    pub experiment_id: String,
+    pub arm: Option<String>,
+    pub items: Vec<ExposureItem>,
+}
+
+/// Per-impression outcomes summed over one arm (`arm` is `None` for interleaved impressions).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ArmOutcome {
+    pub arm: Option<String>,
+    pub impressions: u64,
+    /// Impressions with at least one click.
+    pub clicked: u64,
+    /// Impressions with at least one conversion.
+    pub converted: u64,
+    /// Sum and sum of squares of 1 / (position of the first click), 0 for impressions without a click.
+    pub rr_sum: f64,
+    pub rr_squares: f64,
+}
+
+/// Interleaved impressions by outcome: team 0 or 1 got more credited clicks, both the same, or no click.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InterleaveCounts {
+    pub impressions: u64,
+    pub wins: [u64; 2],
+    pub ties: u64,
+    pub no_click: u64,
+    /// Credited clicks per team.
+    pub clicks: [u64; 2],
+}
+
+/// One shadow comparison, for the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowRow {
+    pub jaccard: f64,
+    pub rbo: f64,
+    pub latency_ms: f64,
+}
