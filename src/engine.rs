@@ -36,8 +36,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Index(#[from] IndexError),
-    #[error("internal task failed: {0}")]
-    Task(String),
+    #[error("internal task failed")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One model as served: its encoding queue and its index.
@@ -135,13 +135,13 @@ pub fn validate_document(doc: &NewDocument, limits: &Limits) -> Result<(), Strin
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, EngineError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| EngineError::Task(e.to_string()))
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
 
 impl Engine {
     /// Opens the store and loads every configured model (networks and tokenizers); indexes are empty until
     /// [`Engine::prepare_indexes`].
-    pub async fn open(config: &Config) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(config: &Config) -> Result<Arc<Self>, EngineError> {
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store).await?);
         let env = encoder::runtime::environment(config.onnxruntime.as_deref())?;
@@ -156,7 +156,7 @@ impl Engine {
             tracing::info!(model = %info.name, kind = ?info.kind, version = %info.version,
                 seconds = started.elapsed().as_secs_f64(), "model loaded");
             if models.contains_key(&info.name) {
-                return Err(EngineError::DuplicateModel(info.name).into());
+                return Err(EngineError::DuplicateModel(info.name));
             }
             let served = ServedModel {
                 info: Arc::new(info.clone()),
@@ -171,9 +171,7 @@ impl Engine {
         let default_model = match &config.default_model {
             Some(name) if models.contains_key(name) => name.clone(),
             Some(name) => {
-                return Err(
-                    EngineError::UnknownModel { name: name.clone(), known: models.keys().cloned().collect() }.into()
-                )
+                return Err(EngineError::UnknownModel { name: name.clone(), known: models.keys().cloned().collect() })
             }
             None => first_model.unwrap_or_default(),
         };

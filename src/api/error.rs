@@ -10,7 +10,10 @@ use serde_json::{json, Map, Value};
 
 use crate::encoder::EncoderError;
 use crate::engine::EngineError;
+use crate::eval::live::LiveEvalError;
 use crate::experiment::ExperimentError;
+use crate::index::IndexError;
+use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -53,35 +56,86 @@ impl ApiError {
         self
     }
 
-    fn internal(source: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %source, "internal error");
+    /// 500: the details (the error and its sources) go to the log, not to the client.
+    fn internal(err: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::error!(error = %chain(err), "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+    }
+
+    /// 503 with `Retry-After: 1`: the server is busy or warming up; the same request can succeed shortly.
+    fn unavailable(kind: &'static str, err: &dyn std::error::Error) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, err.to_string()).retry_after(1)
     }
 }
 
+/// An error and each of its sources, `outer: inner: innermost`.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+// Every variant is matched by name, so that a new one forces a decision about its status.
+
 impl From<EngineError> for ApiError {
     fn from(err: EngineError) -> Self {
-        match &err {
-            EngineError::UnknownModel { known, .. } => {
-                ApiError::not_found("unknown-model", err.to_string()).with("known_models", json!(known))
+        match err {
+            EngineError::UnknownModel { ref known, .. } => {
+                let known = json!(known);
+                ApiError::not_found("unknown-model", err.to_string()).with("known_models", known)
             }
-            EngineError::NotReady(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", err.to_string()).retry_after(1)
+            EngineError::NotReady(_) => ApiError::unavailable("not-ready", &err),
+            EngineError::Encoder(err) => err.into(),
+            EngineError::Store(err) => err.into(),
+            EngineError::Index(err) => err.into(),
+            EngineError::DuplicateModel(_) | EngineError::Task(_) => ApiError::internal(&err),
+        }
+    }
+}
+
+impl From<EncoderError> for ApiError {
+    fn from(err: EncoderError) -> Self {
+        match err {
+            EncoderError::Overloaded { .. } => ApiError::unavailable("overloaded", &err),
+            EncoderError::Stopped { .. } => ApiError::unavailable("model-stopped", &err),
+            EncoderError::Runtime(_)
+            | EncoderError::Manifest { .. }
+            | EncoderError::Load { .. }
+            | EncoderError::Tokenize { .. }
+            | EncoderError::Inference { .. } => ApiError::internal(&err),
+        }
+    }
+}
+
+impl From<IndexError> for ApiError {
+    fn from(err: IndexError) -> Self {
+        match err {
+            // A model whose vectors do not fit its index is a server fault, not the client's.
+            IndexError::Dimension { .. } => ApiError::internal(&err),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            // Every connection stayed busy: the store is overloaded, not broken.
+            StoreError::Query(sqlx::Error::PoolTimedOut) => ApiError::unavailable("store-busy", &err),
+            StoreError::Open { .. } | StoreError::Migrate(_) | StoreError::Query(_) | StoreError::Corrupt(_) => {
+                ApiError::internal(&err)
             }
-            EngineError::Encoder(EncoderError::Overloaded { .. }) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", err.to_string()).retry_after(1)
-            }
-            EngineError::Encoder(EncoderError::Stopped { .. }) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model-stopped", err.to_string()).retry_after(1)
-            }
-            _ => ApiError::internal(&err),
         }
     }
 }
 
 impl From<ExperimentError> for ApiError {
     fn from(err: ExperimentError) -> Self {
-        match &err {
+        match err {
             ExperimentError::Invalid(_) => ApiError::invalid(err.to_string()),
             ExperimentError::NotShown { .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-shown", err.to_string())
@@ -92,7 +146,19 @@ impl From<ExperimentError> for ApiError {
             ExperimentError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid-transition", err.to_string())
             }
-            ExperimentError::Store(_) => ApiError::internal(&err),
+            ExperimentError::Store(err) => err.into(),
+            ExperimentError::Engine(err) => err.into(),
+        }
+    }
+}
+
+impl From<LiveEvalError> for ApiError {
+    fn from(err: LiveEvalError) -> Self {
+        match err {
+            LiveEvalError::Invalid(_) => ApiError::invalid(err.to_string()),
+            LiveEvalError::TooLarge(_) => ApiError::too_large(err.to_string()),
+            LiveEvalError::UnknownJob(_) => ApiError::not_found("unknown-eval-job", err.to_string()),
+            LiveEvalError::Engine(err) => err.into(),
         }
     }
 }

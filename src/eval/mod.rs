@@ -34,6 +34,7 @@
 
 pub mod cost;
 pub mod curve;
+pub mod live;
 pub mod metrics;
 pub mod plots;
 pub mod quality;

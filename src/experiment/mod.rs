@@ -13,6 +13,7 @@ pub mod assign;
 pub mod exposure;
 pub mod interleave;
 pub mod report;
+pub mod serve;
 pub mod simulate;
 pub mod stats;
 
@@ -63,6 +64,8 @@ pub enum ExperimentError {
     NotShown { request_id: String, doc_id: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
 }
 
 /// What a search does under the experiments.

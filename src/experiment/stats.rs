@@ -7,12 +7,7 @@ use std::collections::HashSet;
 use serde::Serialize;
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF, Normal};
 
-/// A point estimate with its 95 % confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Estimate {
-    pub value: f64,
-    pub ci95: [f64; 2],
-}
+pub use crate::util::stats::Estimate;
 
 fn standard_normal() -> Normal {
     Normal::new(0.0, 1.0).expect("valid normal")

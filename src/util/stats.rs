@@ -1,5 +1,15 @@
 //! The one definition of a mean and of a quantile, used by every report (`duet eval`, `/v1/eval`, experiment
-//! reports, simulations, cost measurements), so that a p99 means the same everywhere.
+//! reports, simulations, cost measurements), so that a p99 means the same everywhere; and the shape every report
+//! gives an estimate in.
+
+use serde::Serialize;
+
+/// A point estimate with its 95 % confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    pub value: f64,
+    pub ci95: [f64; 2],
+}
 
 /// Arithmetic mean (0 for no values).
 pub fn mean(values: &[f64]) -> f64 {

@@ -1,0 +1,369 @@
+//! Searching under the experiments: which arm (or arms) answer a search, how their rankings become the list the
+//! user is shown (one arm, team-draft interleaving, or a primary with a shadow run off the request path), and
+//! what is logged about it (the exposure, the shadow comparison). Transport-neutral: the HTTP handler validates
+//! the request and calls [`search`].
+//!
+//! Which model answers, top to bottom: an explicit `model` bypasses experiments; otherwise a request with a unit
+//! id goes through the named `experiment`, or the default experiment if one is set — A/B assigns the unit's arm,
+//! interleaving merges both arms' rankings (team-draft), shadow serves the first arm and runs the second off the
+//! request path; anything else is served by the default model. Searches under a running experiment are logged
+//! (exposures) without waiting for the store.
+//!
+//! Uses [`crate::engine`] for the searches and the experiment module's own routing, interleaving, exposure log and
+//! overlap statistics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::interleave::team_draft;
+use super::{stats, Experiment, ExperimentError, Experiments, Mode, Plan, Route, Status};
+use crate::engine::{Engine, SearchQuery, SearchResult};
+use crate::index::SearchMethod;
+use crate::store::{ExposureItem, ExposureRecord, ShadowRecord};
+
+fn default_k() -> usize {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// The query text (`q` in a query string).
+    #[serde(alias = "q")]
+    pub query: String,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Model to search with; bypasses experiments. When absent: the experiment's choice, else the default model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// HNSW candidate list size for this request (default: the model's `ef_search`).
+    #[serde(default)]
+    pub ef: Option<usize>,
+    /// Brute-force search, bypassing the HNSW graph (the reference for recall).
+    #[serde(default)]
+    pub exact: bool,
+    /// Who is searching (user, session): the unit experiments assign. Also read from `X-Duet-Unit`.
+    #[serde(default)]
+    pub unit_id: Option<String>,
+    /// Experiment (id or name) to search under; the default experiment when absent.
+    #[serde(default)]
+    pub experiment: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchHit {
+    pub id: String,
+    pub score: f32,
+    pub snippet: String,
+    pub metadata: serde_json::Value,
+    /// The arm that contributed this result (under an experiment).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Timings {
+    pub encode_ms: f64,
+    pub search_ms: f64,
+    pub fetch_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The experiment a search went through.
+#[derive(Debug, Serialize)]
+pub struct ExperimentTag {
+    pub id: String,
+    pub name: String,
+    pub mode: Mode,
+    pub status: Status,
+    /// Whether the search was logged as an exposure (feedback can refer to it): false when the experiment is not
+    /// running or the exposure queue was full.
+    pub logged: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchResponse {
+    pub request_id: String,
+    /// The model that ranked the results; `null` when two arms were interleaved (see `arms`).
+    pub model: Option<String>,
+    pub model_version: Option<String>,
+    pub method: SearchMethod,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ef: Option<usize>,
+    /// Whether the query was cut at the model's `max_tokens`.
+    pub query_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit_id: Option<String>,
+    pub experiment: Option<ExperimentTag>,
+    /// The serving arm (A/B, shadow's primary); `null` without an experiment or when interleaved.
+    pub arm: Option<String>,
+    /// Every arm whose ranking is in the results.
+    pub arms: Vec<String>,
+    pub results: Vec<SearchHit>,
+    pub timings_ms: Timings,
+}
+
+/// A search's response, and the model that served it (`a+b` when two were interleaved), for the metrics.
+#[derive(Debug)]
+pub struct Served {
+    pub response: SearchResponse,
+    pub served_by: String,
+}
+
+/// The first `chars` characters of `text`, with an ellipsis when cut.
+pub fn snippet(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+fn ms(seconds: f64) -> f64 {
+    (seconds * 1e6).round() / 1e3
+}
+
+fn hits(result: &SearchResult, arm: Option<&str>, snippet_chars: usize) -> Vec<SearchHit> {
+    result
+        .hits
+        .iter()
+        .map(|(hit, doc)| SearchHit {
+            id: doc.id.clone(),
+            score: hit.score,
+            snippet: snippet(&doc.text, snippet_chars),
+            metadata: doc.metadata.clone(),
+            arm: arm.map(str::to_string),
+        })
+        .collect()
+}
+
+fn ranked_ids(result: &SearchResult) -> Vec<String> {
+    result.hits.iter().map(|(_, doc)| doc.id.clone()).collect()
+}
+
+/// A seed for the interleaving coin from the request id, so that a logged request's list can be reproduced.
+fn seed_of(request_id: &str) -> u64 {
+    let digest = Sha256::digest(request_id.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+pub async fn search(
+    engine: &Arc<Engine>,
+    experiments: &Arc<Experiments>,
+    request_id: String,
+    unit: Option<String>,
+    body: SearchRequest,
+) -> Result<Served, ExperimentError> {
+    let started = Instant::now();
+    let route = match &body.model {
+        // An explicit model bypasses experiments.
+        Some(_) => Route::Direct,
+        None => experiments.route(body.experiment.as_deref(), unit.as_deref())?,
+    };
+    let query = |model: &str| SearchQuery {
+        model: model.to_string(),
+        query: body.query.clone(),
+        k: body.k,
+        ef: body.ef,
+        exact: body.exact,
+    };
+    let snippet_chars = engine.limits.snippet_chars;
+
+    let Route::Experiment { experiment, unit_id, plan } = route else {
+        let model = body.model.clone().unwrap_or_else(|| engine.default_model().to_string());
+        let result = engine.search(query(&model)).await?;
+        let response = response(&request_id, &result, hits(&result, None, snippet_chars), started, unit);
+        return Ok(Served { served_by: result.model.name.clone(), response });
+    };
+
+    match plan {
+        Plan::Arm { index, logged } => {
+            let arm = &experiment.arms[index];
+            let result = engine.search(query(&arm.model)).await?;
+            let shown = hits(&result, Some(&arm.name), snippet_chars);
+            let mut response = response(&request_id, &result, shown, started, Some(unit_id.clone()));
+            let logged = logged
+                && log_exposure(experiments, &experiment, &request_id, &unit_id, Some(&arm.name), &body.query, &response);
+            tag(&mut response, &experiment, Some(&arm.name), vec![arm.name.clone()], logged);
+            Ok(Served { served_by: result.model.name.clone(), response })
+        }
+        Plan::Shadow => {
+            let (primary, shadow) = (&experiment.arms[0], &experiment.arms[1]);
+            let result = engine.search(query(&primary.model)).await?;
+            let served_ids = ranked_ids(&result);
+            let shown = hits(&result, Some(&primary.name), snippet_chars);
+            let mut response = response(&request_id, &result, shown, started, Some(unit_id.clone()));
+            let logged =
+                log_exposure(experiments, &experiment, &request_id, &unit_id, Some(&primary.name), &body.query, &response);
+            tag(&mut response, &experiment, Some(&primary.name), vec![primary.name.clone()], logged);
+            if logged {
+                spawn_shadow(
+                    engine,
+                    experiments,
+                    experiment.clone(),
+                    shadow.name.clone(),
+                    query(&shadow.model),
+                    request_id.clone(),
+                    served_ids,
+                );
+            }
+            Ok(Served { served_by: result.model.name.clone(), response })
+        }
+        Plan::Interleave => {
+            let (a, b) = (&experiment.arms[0], &experiment.arms[1]);
+            let (ra, rb) = tokio::join!(engine.search(query(&a.model)), engine.search(query(&b.model)));
+            let (ra, rb) = (ra?, rb?);
+            let merged = team_draft(&ranked_ids(&ra), &ranked_ids(&rb), body.k, seed_of(&request_id));
+            let (ha, hb) = (hits(&ra, Some(&a.name), snippet_chars), hits(&rb, Some(&b.name), snippet_chars));
+            let mut pool: std::collections::HashMap<(usize, String), SearchHit> = ha
+                .into_iter()
+                .map(|h| ((0, h.id.clone()), h))
+                .chain(hb.into_iter().map(|h| ((1, h.id.clone()), h)))
+                .collect();
+            let shown: Vec<SearchHit> = merged.into_iter().filter_map(|(id, team)| pool.remove(&(team, id))).collect();
+            let mut response = response(&request_id, &ra, shown, started, Some(unit_id.clone()));
+            response.model = None;
+            response.model_version = None;
+            response.query_truncated = ra.query_truncated || rb.query_truncated;
+            response.timings_ms.encode_ms = ms(ra.encode_seconds.max(rb.encode_seconds));
+            response.timings_ms.search_ms = ms(ra.search_seconds.max(rb.search_seconds));
+            response.timings_ms.fetch_ms = ms(ra.fetch_seconds.max(rb.fetch_seconds));
+            let logged = log_exposure(experiments, &experiment, &request_id, &unit_id, None, &body.query, &response);
+            tag(&mut response, &experiment, None, vec![a.name.clone(), b.name.clone()], logged);
+            let label = format!("{}+{}", a.model, b.model);
+            Ok(Served { served_by: label, response })
+        }
+    }
+}
+
+fn response(
+    request_id: &str,
+    result: &SearchResult,
+    results: Vec<SearchHit>,
+    started: Instant,
+    unit_id: Option<String>,
+) -> SearchResponse {
+    SearchResponse {
+        request_id: request_id.to_string(),
+        model: Some(result.model.name.clone()),
+        model_version: Some(result.model.version.clone()),
+        method: result.method,
+        ef: result.ef,
+        query_truncated: result.query_truncated,
+        unit_id,
+        experiment: None,
+        arm: None,
+        arms: Vec::new(),
+        results,
+        timings_ms: Timings {
+            encode_ms: ms(result.encode_seconds),
+            search_ms: ms(result.search_seconds),
+            fetch_ms: ms(result.fetch_seconds),
+            total_ms: ms(started.elapsed().as_secs_f64()),
+        },
+    }
+}
+
+fn tag(response: &mut SearchResponse, experiment: &Experiment, arm: Option<&str>, arms: Vec<String>, logged: bool) {
+    response.experiment = Some(ExperimentTag {
+        id: experiment.id.clone(),
+        name: experiment.name.clone(),
+        mode: experiment.mode,
+        status: experiment.status,
+        logged,
+    });
+    response.arm = arm.map(str::to_string);
+    response.arms = arms;
+}
+
+/// Queues the exposure (never waits); false when the queue was full.
+fn log_exposure(
+    experiments: &Experiments,
+    experiment: &Experiment,
+    request_id: &str,
+    unit_id: &str,
+    arm: Option<&str>,
+    query: &str,
+    response: &SearchResponse,
+) -> bool {
+    let items = response
+        .results
+        .iter()
+        .enumerate()
+        .map(|(i, hit)| ExposureItem {
+            position: i as u32 + 1,
+            doc_id: hit.id.clone(),
+            team: hit.arm.clone().unwrap_or_default(),
+        })
+        .collect();
+    experiments.log.record(ExposureRecord {
+        request_id: request_id.to_string(),
+        experiment_id: experiment.id.clone(),
+        experiment_name: experiment.name.clone(),
+        unit_id: unit_id.to_string(),
+        arm: arm.map(str::to_string),
+        query: query.to_string(),
+        latency_ms: response.timings_ms.total_ms,
+        items,
+    })
+}
+
+/// Runs the shadow arm off the request path (when a slot is free) and logs its overlap with the served list.
+fn spawn_shadow(
+    engine: &Arc<Engine>,
+    experiments: &Arc<Experiments>,
+    experiment: Arc<Experiment>,
+    arm: String,
+    query: SearchQuery,
+    request_id: String,
+    served: Vec<String>,
+) {
+    let experiments = experiments.clone();
+    let Ok(permit) = experiments.shadow_slots.clone().try_acquire_owned() else {
+        experiments.metrics.shadow_skipped.with_label_values(&[&experiment.name, "busy"]).inc();
+        return;
+    };
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let started = Instant::now();
+        let k = query.k;
+        match engine.search(query).await {
+            Ok(result) => {
+                let ids = ranked_ids(&result);
+                let (jaccard, rbo) = (stats::jaccard_at(&served, &ids, k), stats::rbo(&served, &ids, 0.9));
+                let overlap = &experiments.metrics.shadow_overlap;
+                overlap.with_label_values(&[&experiment.name, "jaccard"]).observe(jaccard);
+                overlap.with_label_values(&[&experiment.name, "rbo"]).observe(rbo);
+                experiments.log.record_shadow(ShadowRecord {
+                    request_id,
+                    experiment_id: experiment.id.clone(),
+                    experiment_name: experiment.name.clone(),
+                    arm,
+                    doc_ids: ids,
+                    jaccard,
+                    rbo,
+                    latency_ms: ms(started.elapsed().as_secs_f64()),
+                });
+            }
+            Err(err) => {
+                tracing::warn!(experiment = %experiment.name, error = %err, "shadow search failed");
+                experiments.metrics.shadow_skipped.with_label_values(&[&experiment.name, "failed"]).inc();
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snippet;
+
+    #[test]
+    fn snippets_cut_on_character_boundaries() {
+        assert_eq!(snippet("héllo wörld", 4), "héll…");
+        assert_eq!(snippet("short", 10), "short");
+        assert_eq!(snippet("exact", 5), "exact");
+    }
+}
