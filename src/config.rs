@@ -12,10 +12,18 @@ use crate::index::IndexParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {message}")]
-    Read { path: String, message: String },
-    #[error("invalid config {path}: {message}")]
-    Parse { path: String, message: String },
+    #[error("cannot read config {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -176,9 +184,9 @@ impl Config {
     /// Reads a config file, resolving its relative paths against the file's folder.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
-        let mut config: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let mut config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
@@ -273,7 +281,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("duet.toml");
         std::fs::write(&path, "lisen = '0.0.0.0:1'\n").unwrap();
-        assert!(Config::from_file(&path).unwrap_err().to_string().contains("lisen"));
+        assert!(crate::util::error_chain(&Config::from_file(&path).unwrap_err()).contains("lisen"));
         std::fs::write(&path, "").unwrap();
         assert!(Config::from_file(&path).unwrap().validate().unwrap_err().to_string().contains("no models"));
     }

@@ -45,8 +45,12 @@ impl ImportReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read corpus {path}: {message}")]
-    Read { path: String, message: String },
+    #[error("cannot read corpus {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -59,7 +63,7 @@ pub async fn import_jsonl(
     batch_size: usize,
     mut on_batch: impl FnMut(&ImportReport, u64),
 ) -> Result<ImportReport, ImportError> {
-    let read_err = |e: std::io::Error| ImportError::Read { path: path.display().to_string(), message: e.to_string() };
+    let read_err = |source| ImportError::Read { path: path.display().to_string(), source };
     let file = std::fs::File::open(path).map_err(read_err)?;
     let mut reader = std::io::BufReader::new(file);
     let mut report = ImportReport::default();

@@ -16,12 +16,14 @@ use tree_sitter::{Node, Parser};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MineError {
-    #[error("cannot read {path}: {message}")]
-    Read { path: String, message: String },
-    #[error("cannot write {path}: {message}")]
-    Write { path: String, message: String },
-    #[error("python parser: {0}")]
-    Parser(String),
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot load the Python grammar")]
+    Parser(#[from] tree_sitter::LanguageError),
 }
 
 /// Filters and split settings.
@@ -274,7 +276,7 @@ pub fn mine_python_docstrings(
     mut on_file: impl FnMut(usize, usize),
 ) -> Result<MineStats, MineError> {
     let mut parser = Parser::new();
-    parser.set_language(&tree_sitter_python::LANGUAGE.into()).map_err(|e| MineError::Parser(e.to_string()))?;
+    parser.set_language(&tree_sitter_python::LANGUAGE.into())?;
     let files = python_files(src);
     let mut stats = MineStats { seed: options.seed, test_fraction: options.test_fraction, ..Default::default() };
     let mut seen_code = HashSet::new();
@@ -325,16 +327,15 @@ pub fn mine_python_docstrings(
         train_files = kept.iter().filter(|(_, t)| !t).map(|(f, _)| f.path.clone()).collect();
         test_files = kept.iter().filter(|(_, t)| *t).map(|(f, _)| f.path.clone()).collect();
     }
-    std::fs::create_dir_all(out)
-        .map_err(|e| MineError::Write { path: out.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(out).map_err(|source| MineError::Write { path: out.display().to_string(), source })?;
     let open = |name: &str| {
         let path = out.join(name);
         std::fs::File::create(&path)
             .map(std::io::BufWriter::new)
-            .map_err(|e| MineError::Write { path: path.display().to_string(), message: e.to_string() })
+            .map_err(|source| MineError::Write { path: path.display().to_string(), source })
     };
     let (mut corpus, mut train, mut test) = (open("corpus.jsonl")?, open("train.jsonl")?, open("test.jsonl")?);
-    let write_err = |e: std::io::Error| MineError::Write { path: out.display().to_string(), message: e.to_string() };
+    let write_err = |source| MineError::Write { path: out.display().to_string(), source };
     for (f, is_test) in &kept {
         let line = CorpusLine {
             id: &f.id,

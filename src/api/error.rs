@@ -14,6 +14,7 @@ use crate::eval::live::LiveEvalError;
 use crate::experiment::ExperimentError;
 use crate::index::IndexError;
 use crate::store::StoreError;
+use crate::util::error_chain;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -58,7 +59,7 @@ impl ApiError {
 
     /// 500: the details (the error and its sources) go to the log, not to the client.
     fn internal(err: &(dyn std::error::Error + 'static)) -> Self {
-        tracing::error!(error = %chain(err), "internal error");
+        tracing::error!(error = %error_chain(err), "internal error");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
     }
 
@@ -66,18 +67,6 @@ impl ApiError {
     fn unavailable(kind: &'static str, err: &dyn std::error::Error) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, err.to_string()).retry_after(1)
     }
-}
-
-/// An error and each of its sources, `outer: inner: innermost`.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 // Every variant is matched by name, so that a new one forces a decision about its status.
@@ -103,7 +92,7 @@ impl From<EncoderError> for ApiError {
         match err {
             EncoderError::Overloaded { .. } => ApiError::unavailable("overloaded", &err),
             EncoderError::Stopped { .. } => ApiError::unavailable("model-stopped", &err),
-            EncoderError::Runtime(_)
+            EncoderError::Runtime { .. }
             | EncoderError::Manifest { .. }
             | EncoderError::Load { .. }
             | EncoderError::Tokenize { .. }
@@ -126,9 +115,11 @@ impl From<StoreError> for ApiError {
         match err {
             // Every connection stayed busy: the store is overloaded, not broken.
             StoreError::Query(sqlx::Error::PoolTimedOut) => ApiError::unavailable("store-busy", &err),
-            StoreError::Open { .. } | StoreError::Migrate(_) | StoreError::Query(_) | StoreError::Corrupt(_) => {
-                ApiError::internal(&err)
-            }
+            StoreError::CreateDir { .. }
+            | StoreError::Open { .. }
+            | StoreError::Migrate(_)
+            | StoreError::Query(_)
+            | StoreError::Corrupt(_) => ApiError::internal(&err),
         }
     }
 }

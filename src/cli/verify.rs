@@ -19,8 +19,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let report = duet::encoder::verify::verify(&args.model, args.reference.as_deref(), args.runtime.onnxruntime.as_deref())
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let report =
+        duet::encoder::verify::verify(&args.model, args.reference.as_deref(), args.runtime.onnxruntime.as_deref())
+            .map_err(|e| anyhow::anyhow!(e))?;
     print!("{report}");
     anyhow::ensure!(report.passed, "{}: Duet's vectors do not match the reference", report.model);
     Ok(())

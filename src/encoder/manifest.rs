@@ -1,11 +1,12 @@
 //! The model manifest, `models/<name>/model.toml`: what a model folder holds and how to run it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::EncoderError;
+use super::{Cause, EncoderError};
 
 /// Which implementation serves the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,9 +132,14 @@ impl Manifest {
     /// Reads `dir/model.toml` and resolves its files.
     pub fn load(dir: &Path) -> Result<ResolvedManifest, EncoderError> {
         let path = dir.join("model.toml");
-        let fail = |message: String| EncoderError::Manifest { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
-        let manifest: Manifest = toml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        let fail = |message: String| EncoderError::Manifest { path: path.display().to_string(), message, source: None };
+        let failed = |message: &str, source: Cause| EncoderError::Manifest {
+            path: path.display().to_string(),
+            message: message.to_string(),
+            source: Some(source),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| failed("cannot read it", Arc::new(e)))?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| failed("not a valid manifest", Arc::new(e)))?;
         if manifest.name.is_empty() || manifest.name.len() > 64 {
             return Err(fail("name must be 1 to 64 characters".into()));
         }
@@ -220,16 +226,14 @@ impl ResolvedManifest {
         let mut paths = vec![manifest_path.as_path()];
         paths.extend(self.files());
         for path in paths {
-            let mut file = std::fs::File::open(path).map_err(|e| EncoderError::Load {
+            let unreadable = |e: std::io::Error| EncoderError::Load {
                 model: self.manifest.name.clone(),
                 what: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-            std::io::copy(&mut file, &mut hasher).map_err(|e| EncoderError::Load {
-                model: self.manifest.name.clone(),
-                what: path.display().to_string(),
-                message: e.to_string(),
-            })?;
+                message: "cannot read it to hash the model version".into(),
+                source: Some(Arc::new(e)),
+            };
+            let mut file = std::fs::File::open(path).map_err(unreadable)?;
+            std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
         }
         Ok(hex::encode(&hasher.finalize()[..6]))
     }
@@ -276,7 +280,7 @@ mod tests {
             "name='m'\nkind='encoder'\ndimension=8\nonnx='q.onnx'\ntokenizer='t.json'\npoolng='cls'\n",
             &[],
         );
-        let err = Manifest::load(dir.path()).unwrap_err().to_string();
+        let err = crate::util::error_chain(&Manifest::load(dir.path()).unwrap_err());
         assert!(err.contains("poolng"), "{err}");
     }
 

@@ -92,23 +92,63 @@ impl ModelInfo {
     }
 }
 
+/// The error beneath an encoder error (ONNX Runtime's, the tokenizer's, the file system's), shared because one
+/// failed batch answers every request in it.
+pub type Cause = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+
 /// Errors of the encoder layer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EncoderError {
-    #[error("ONNX Runtime is not available: {0}")]
-    Runtime(String),
+    #[error("ONNX Runtime is not available: {message}")]
+    Runtime {
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("model manifest {path}: {message}")]
-    Manifest { path: String, message: String },
+    Manifest {
+        path: String,
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("model {model}: cannot load {what}: {message}")]
-    Load { model: String, what: String, message: String },
-    #[error("model {model}: tokenization failed: {message}")]
-    Tokenize { model: String, message: String },
+    Load {
+        model: String,
+        what: String,
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
+    #[error("model {model}: tokenization failed")]
+    Tokenize {
+        model: String,
+        #[source]
+        source: Cause,
+    },
     #[error("model {model}: inference failed: {message}")]
-    Inference { model: String, message: String },
+    Inference {
+        model: String,
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("model {model}: its encoding queue is full ({capacity} requests waiting); retry shortly")]
     Overloaded { model: String, capacity: usize },
     #[error("model {model}: its encoder has stopped")]
     Stopped { model: String },
+}
+
+impl EncoderError {
+    /// ONNX Runtime could not be found or loaded, for a reason Duet states itself.
+    pub fn runtime(message: String) -> Self {
+        EncoderError::Runtime { message, source: None }
+    }
+
+    /// The network misbehaved in a way Duet detected (an output of the wrong shape, a non-finite value).
+    pub fn inference(model: &str, message: String) -> Self {
+        EncoderError::Inference { model: model.to_string(), message, source: None }
+    }
 }
 
 /// A model that turns texts into vectors. Implementations are synchronous and CPU-bound: callers reach them

@@ -5,6 +5,7 @@
 //! are cut at the manifest's `max_tokens`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ort::session::{builder::GraphOptimizationLevel, Session};
 use ort::value::{DynValue, Tensor};
@@ -13,8 +14,8 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::ResolvedManifest;
 use super::pooling::pool;
-use crate::util::normalize;
 use super::{Encoded, Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side};
+use crate::util::normalize;
 
 /// Options for building sessions.
 #[derive(Debug, Clone, Copy)]
@@ -47,8 +48,24 @@ pub struct OnnxTower {
     dimension: usize,
 }
 
-fn load_err(model: &str, what: &Path, message: impl ToString) -> EncoderError {
-    EncoderError::Load { model: model.to_string(), what: what.display().to_string(), message: message.to_string() }
+/// `what` is not usable, for a reason Duet states itself.
+fn load_err(model: &str, what: &Path, message: String) -> EncoderError {
+    EncoderError::Load { model: model.to_string(), what: what.display().to_string(), message, source: None }
+}
+
+/// Loading `what` failed in a library (`message` says at which step; `source` why).
+fn load_failed(
+    model: &str,
+    what: &Path,
+    message: &str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> EncoderError {
+    EncoderError::Load {
+        model: model.to_string(),
+        what: what.display().to_string(),
+        message: message.to_string(),
+        source: Some(Arc::new(source)),
+    }
 }
 
 impl OnnxTower {
@@ -64,7 +81,7 @@ impl OnnxTower {
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort::Error::<()>::from))
             .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(ort::Error::<()>::from))
             .and_then(|mut b| b.commit_from_file(onnx))
-            .map_err(|e| load_err(&m.name, onnx, e))?;
+            .map_err(|e| load_failed(&m.name, onnx, "ONNX Runtime cannot open the graph", e))?;
 
         let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
@@ -97,7 +114,8 @@ impl OnnxTower {
             ));
         }
 
-        let mut tokenizer = Tokenizer::from_file(tokenizer_path).map_err(|e| load_err(&m.name, tokenizer_path, e))?;
+        let mut tokenizer = Tokenizer::from_file(tokenizer_path)
+            .map_err(|e| load_failed(&m.name, tokenizer_path, "not a usable tokenizer.json", Boxed(e)))?;
         let pad_token =
             m.pad_token.clone().or_else(|| tokenizer.get_padding().map(|p| p.pad_token.clone())).or_else(|| {
                 ["[PAD]", "<pad>"].iter().find(|t| tokenizer.token_to_id(t).is_some()).map(|t| t.to_string())
@@ -111,11 +129,13 @@ impl OnnxTower {
         // Padding is done here, per batch, to the longest member; truncation only where a text is too long (the
         // tokenizers crate does not report truncation reliably for tokenizers without a post-processor).
         tokenizer.with_padding(None);
-        tokenizer.with_truncation(None).map_err(|e| load_err(&m.name, tokenizer_path, e))?;
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| load_failed(&m.name, tokenizer_path, "cannot turn truncation off", Boxed(e)))?;
         let mut truncating = tokenizer.clone();
         truncating
             .with_truncation(Some(TruncationParams { max_length: m.max_tokens, ..Default::default() }))
-            .map_err(|e| load_err(&m.name, tokenizer_path, e))?;
+            .map_err(|e| load_failed(&m.name, tokenizer_path, "cannot set truncation at max_tokens", Boxed(e)))?;
 
         Ok(Self {
             model: m.name.clone(),
@@ -139,7 +159,7 @@ impl OnnxTower {
             return Ok(Encoded::default());
         }
         let tokenize_err =
-            |e: tokenizers::Error| EncoderError::Tokenize { model: self.model.clone(), message: e.to_string() };
+            |e: tokenizers::Error| EncoderError::Tokenize { model: self.model.clone(), source: Arc::new(Boxed(e)) };
         let mut encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(tokenize_err)?;
         let truncated: Vec<bool> = encodings.iter().map(|e| e.len() > self.max_tokens).collect();
         for (i, _) in truncated.iter().enumerate().filter(|(_, &t)| t) {
@@ -147,7 +167,11 @@ impl OnnxTower {
         }
         let Packed { batch, seq, ids, mask, type_ids } = pack(&encodings, self.pad_id, self.padding_side);
 
-        let infer_err = |e: ort::Error| EncoderError::Inference { model: self.model.clone(), message: e.to_string() };
+        let infer_err = |e: ort::Error| EncoderError::Inference {
+            model: self.model.clone(),
+            message: "ONNX Runtime failed".into(),
+            source: Some(Arc::new(e)),
+        };
         let shape = vec![batch as i64, seq as i64];
         let tensor = |data: Vec<i64>| -> Result<DynValue, EncoderError> {
             Ok(Tensor::from_array((shape.clone(), data)).map_err(infer_err)?.into_dyn())
@@ -165,9 +189,9 @@ impl OnnxTower {
         let expected_rank = if self.pooling == Pooling::Output { 2 } else { 3 };
         if dims.len() != expected_rank || dims[0] as usize != batch || *dims.last().unwrap() as usize != self.dimension
         {
-            return Err(EncoderError::Inference {
-                model: self.model.clone(),
-                message: format!(
+            return Err(EncoderError::inference(
+                &self.model,
+                format!(
                     "output `{}` has shape {dims:?}; expected [{batch}, {}{}] for pooling {:?} and dimension {}",
                     self.output,
                     if expected_rank == 3 { "sequence, " } else { "" },
@@ -175,14 +199,14 @@ impl OnnxTower {
                     self.pooling,
                     self.dimension
                 ),
-            });
+            ));
         }
         let out_seq = if expected_rank == 3 { dims[1] as usize } else { 0 };
         if expected_rank == 3 && out_seq != seq {
-            return Err(EncoderError::Inference {
-                model: self.model.clone(),
-                message: format!("output sequence length {out_seq} differs from the input's {seq}"),
-            });
+            return Err(EncoderError::inference(
+                &self.model,
+                format!("output sequence length {out_seq} differs from the input's {seq}"),
+            ));
         }
         let mut vectors = pool(states, batch, out_seq, self.dimension, &mask, self.pooling);
         drop(outputs);
@@ -191,12 +215,28 @@ impl OnnxTower {
             vectors.iter_mut().for_each(|v| normalize(v));
         }
         if let Some(bad) = vectors.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
-            return Err(EncoderError::Inference {
-                model: self.model.clone(),
-                message: format!("the network produced a non-finite value for input {bad}"),
-            });
+            return Err(EncoderError::inference(
+                &self.model,
+                format!("the network produced a non-finite value for input {bad}"),
+            ));
         }
         Ok(Encoded { vectors, truncated })
+    }
+}
+
+/// The tokenizers crate's boxed error as an error type of its own (a `Box<dyn Error>` is not one).
+#[derive(Debug)]
+struct Boxed(tokenizers::Error);
+
+impl std::fmt::Display for Boxed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Boxed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 

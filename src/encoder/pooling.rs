@@ -61,5 +61,4 @@ mod tests {
         assert_eq!(pool(&[1.0, 2.0, 3.0, 4.0], 2, 0, 2, &[], Pooling::Output), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
         assert_eq!(pool(&STATES[..6], 1, 3, 2, &[0, 0, 0], Pooling::LastToken), vec![vec![0.0, 0.0]]);
     }
-
 }

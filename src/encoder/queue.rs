@@ -174,10 +174,10 @@ fn encode_in_batches(
         metrics.encode_duration.with_label_values(&[model, side.as_str()]).observe(started.elapsed().as_secs_f64());
         metrics.encode_batch_size.with_label_values(&[model]).observe(batch.len() as f64);
         if encoded.vectors.len() != chunk.len() {
-            return Err(EncoderError::Inference {
-                model: model.clone(),
-                message: format!("{} vectors for {} texts", encoded.vectors.len(), chunk.len()),
-            });
+            return Err(EncoderError::inference(
+                model,
+                format!("{} vectors for {} texts", encoded.vectors.len(), chunk.len()),
+            ));
         }
         for ((&i, v), t) in chunk.iter().zip(encoded.vectors).zip(encoded.truncated) {
             vectors[i] = v;

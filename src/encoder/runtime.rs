@@ -24,14 +24,14 @@ pub fn locate(configured: Option<&Path>) -> Result<PathBuf, EncoderError> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(EncoderError::Runtime(format!("ORT_DYLIB_PATH={} is not a file; {INSTALL_HINT}", path.display())))
+            Err(EncoderError::runtime(format!("ORT_DYLIB_PATH={} is not a file; {INSTALL_HINT}", path.display())))
         };
     }
     if let Some(path) = configured {
         return if path.is_file() {
             Ok(path.to_path_buf())
         } else {
-            Err(EncoderError::Runtime(format!(
+            Err(EncoderError::runtime(format!(
                 "configured onnxruntime {} is not a file; {INSTALL_HINT}",
                 path.display()
             )))
@@ -45,7 +45,7 @@ pub fn locate(configured: Option<&Path>) -> Result<PathBuf, EncoderError> {
         roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
     roots.iter().find_map(|root| find_in_venv(&root.join(".venv"))).ok_or_else(|| {
-        EncoderError::Runtime(format!(
+        EncoderError::runtime(format!(
             "libonnxruntime was not found (ORT_DYLIB_PATH unset, no `onnxruntime` in the config, no .venv in {} or \
              above the executable); {INSTALL_HINT}",
             roots.first().map(|p| p.display().to_string()).unwrap_or_default()
@@ -86,9 +86,14 @@ pub fn environment(configured: Option<&Path>) -> Result<&'static Environment, En
     }
     let path = locate(configured)?;
     // A LoadDynamicError must not become an ort::Error: formatting one calls into the (missing) library.
-    let builder = ort::init_from(&path)
-        .map_err(|e| EncoderError::Runtime(format!("cannot load {}: {e}; {INSTALL_HINT}", path.display())))?;
-    let env = builder.with_name("duet").build().map_err(|e| EncoderError::Runtime(e.to_string()))?;
+    let builder = ort::init_from(&path).map_err(|e| EncoderError::Runtime {
+        message: format!("cannot load {}; {INSTALL_HINT}", path.display()),
+        source: Some(std::sync::Arc::new(e)),
+    })?;
+    let env = builder.with_name("duet").build().map_err(|e| EncoderError::Runtime {
+        message: "cannot create the ONNX Runtime environment".into(),
+        source: Some(std::sync::Arc::new(e)),
+    })?;
     tracing::info!(library = %path.display(), "ONNX Runtime loaded");
     Ok(ENVIRONMENT.get_or_init(|| env))
 }

@@ -57,10 +57,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 impl std::fmt::Display for VerifyReport {
     /// One line per checked text (cosine batched / single / batched-vs-single), then the verdict.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{}: cosine with the reference (min {}), batched / single / batched-vs-single", self.model, self.min_cosine)?;
+        writeln!(
+            f,
+            "{}: cosine with the reference (min {}), batched / single / batched-vs-single",
+            self.model, self.min_cosine
+        )?;
         for c in &self.checks {
             let truncated = if c.truncated { " (truncated)" } else { "" };
-            writeln!(f, "  {:.6} {:.6} {:.6}{truncated} {:?}", c.cosine_batched, c.cosine_single, c.batched_vs_single, c.text)?;
+            writeln!(
+                f,
+                "  {:.6} {:.6} {:.6}{truncated} {:?}",
+                c.cosine_batched, c.cosine_single, c.batched_vs_single, c.text
+            )?;
         }
         if self.passed {
             writeln!(f, "{}: verified", self.model)?;
@@ -89,10 +97,10 @@ pub fn verify(
     let mut checks = Vec::new();
     for (i, (text, expected)) in reference.texts.iter().zip(&reference.vectors).enumerate() {
         let single = encoder.encode(std::slice::from_ref(text), reference.side)?;
-        let single_vector = single.vectors.first().ok_or_else(|| EncoderError::Inference {
-            model: encoder.info().name.clone(),
-            message: "no vector returned".into(),
-        })?;
+        let single_vector = single
+            .vectors
+            .first()
+            .ok_or_else(|| EncoderError::inference(&encoder.info().name, "no vector returned".into()))?;
         checks.push(TextCheck {
             text: text.chars().take(60).collect(),
             cosine_batched: cosine(&batched.vectors[i], expected),

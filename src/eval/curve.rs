@@ -15,8 +15,8 @@ use super::report::{self, EvalReport};
 use super::run::{evaluate, set_name, write_report, RunOptions};
 use super::stats::Interval;
 use super::{read_lines, EvalError};
-use crate::util::rng::Rng;
 use crate::train::{Progress, TrainConfig, TrainOptions};
+use crate::util::rng::Rng;
 
 /// One two-tower model to train.
 #[derive(Debug, Clone)]
@@ -115,7 +115,7 @@ pub fn train_all(
 }
 
 fn write_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> Result<(), EvalError> {
-    let err = |e: std::io::Error| EvalError::Write { path: path.display().to_string(), message: e.to_string() };
+    let err = |source| EvalError::Write { path: path.display().to_string(), source };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(err)?;
     }
@@ -127,8 +127,7 @@ fn write_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> Result<
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), EvalError> {
-    std::fs::write(path, text)
-        .map_err(|e| EvalError::Write { path: path.display().to_string(), message: e.to_string() })
+    std::fs::write(path, text).map_err(|source| EvalError::Write { path: path.display().to_string(), source })
 }
 
 /// One size of the learning curve.
@@ -298,7 +297,7 @@ pub async fn learning_curve(options: &CurveOptions) -> Result<LearningCurve, Eva
         &references,
         &options.out.join("learning_curve.svg"),
     )?;
-    let json = serde_json::to_string_pretty(&result).map_err(|e| EvalError::Invalid(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&result)?;
     write_text(&options.out.join("learning_curve.json"), &(json + "\n"))?;
     write_text(&options.out.join("learning_curve.md"), &curve_markdown(&result))?;
     Ok(result)

@@ -361,4 +361,3 @@ async fn evaluate(
         seconds: started.elapsed().as_secs_f64(),
     })
 }
-

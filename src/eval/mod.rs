@@ -50,27 +50,44 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::store::NewDocument;
+use crate::util::jsonl;
 pub use metrics::Grades;
 
 /// Errors of `duet eval`.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("cannot read {path}: {message}")]
-    Read { path: String, message: String },
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Data(#[from] crate::util::jsonl::JsonlError),
     #[error("{path}:{line}: {message}")]
     BadLine { path: String, line: usize, message: String },
-    #[error("cannot write {path}: {message}")]
-    Write { path: String, message: String },
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
+    #[error("cannot serialise the report")]
+    Serialize(#[from] serde_json::Error),
+    #[error("invalid evaluation settings")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Import(#[from] crate::corpus::ImportError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("plot {path}: {message}")]
     Plot { path: String, message: String },
     #[error(transparent)]
     Engine(#[from] crate::engine::EngineError),
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
-    #[error(transparent)]
-    Setup(#[from] anyhow::Error),
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,24 +145,9 @@ pub(crate) fn seeded_order(key: &str, seed: u64) -> [u8; 32] {
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>, EvalError> {
-    let read_err = |e: std::io::Error| EvalError::Read { path: path.display().to_string(), message: e.to_string() };
+    let read_err = |source| EvalError::Read { path: path.display().to_string(), source };
     let file = std::fs::File::open(path).map_err(read_err)?;
     std::io::BufReader::new(file).lines().collect::<Result<Vec<_>, _>>().map_err(read_err)
-}
-
-fn parse_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, EvalError> {
-    let mut out = Vec::new();
-    for (i, line) in read_lines(path)?.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(serde_json::from_str(line).map_err(|e| EvalError::BadLine {
-            path: path.display().to_string(),
-            line: i + 1,
-            message: e.to_string(),
-        })?);
-    }
-    Ok(out)
 }
 
 /// Reads a qrels file (see the module documentation): `(query id, doc id, grade)`.
@@ -176,7 +178,7 @@ pub fn read_qrels(path: &Path) -> Result<Vec<(String, String, f64)>, EvalError> 
 /// Reads the data folder and samples it: queries in a seeded order (the first `max_queries`), then the corpus
 /// (every relevant document of those queries, then a seeded sample of the rest up to `max_docs`).
 pub fn load(options: &EvalOptions) -> Result<EvalData, EvalError> {
-    let pairs: Vec<Pair> = parse_jsonl(&options.data.join("test.jsonl"))?;
+    let pairs: Vec<Pair> = jsonl::read(&options.data.join("test.jsonl"))?;
     let mut by_id: BTreeMap<String, Query> = BTreeMap::new();
     for p in pairs {
         let id = p.query_id.clone().unwrap_or_else(|| p.query.clone());
@@ -202,7 +204,7 @@ pub fn load(options: &EvalOptions) -> Result<EvalData, EvalError> {
     }
     let relevant: HashSet<&str> =
         queries.iter().flat_map(|q| q.grades.iter().filter(|(_, g)| **g > 0.0).map(|(d, _)| d.as_str())).collect();
-    let mut documents: Vec<NewDocument> = parse_jsonl::<CorpusLine>(&options.data.join("corpus.jsonl"))?
+    let mut documents: Vec<NewDocument> = jsonl::read::<CorpusLine>(&options.data.join("corpus.jsonl"))?
         .into_iter()
         .map(|c| NewDocument { id: c.id, text: c.text, metadata: c.metadata.unwrap_or_else(|| serde_json::json!({})) })
         .collect();

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::lexical::{Bm25Index, Bm25Params};
 use super::cost::{self, ModelCost};
 use super::metrics::{query_metrics, QueryMetrics};
 use super::quality::{self, EmbeddingQuality};
@@ -19,6 +18,7 @@ use super::{load, EvalData, EvalError, EvalOptions, Query};
 use crate::config::{Config, ModelEntry};
 use crate::encoder::Side;
 use crate::engine::{Engine, SearchQuery};
+use crate::lexical::{Bm25Index, Bm25Params};
 
 /// Everything one evaluation needs.
 #[derive(Debug, Clone)]
@@ -176,10 +176,10 @@ async fn open_engine(options: &RunOptions, data: &EvalData) -> Result<std::sync:
             .collect(),
         ..Config::default()
     };
-    config.validate().map_err(anyhow::Error::from)?;
+    config.validate()?;
     if let Some(parent) = options.cache.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| EvalError::Write { path: parent.display().to_string(), message: e.to_string() })?;
+            .map_err(|source| EvalError::Write { path: parent.display().to_string(), source })?;
     }
     let engine = Engine::open(&config).await?;
     engine.prepare_indexes().await?;
@@ -190,7 +190,7 @@ async fn open_engine(options: &RunOptions, data: &EvalData) -> Result<std::sync:
     );
     let mut imported = crate::corpus::ImportReport::default();
     for chunk in data.documents.chunks(32) {
-        crate::corpus::write_batch(&engine, chunk.to_vec(), &mut imported).await.map_err(anyhow::Error::from)?;
+        crate::corpus::write_batch(&engine, chunk.to_vec(), &mut imported).await?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -247,8 +247,7 @@ async fn quality_of(
     options: &RunOptions,
 ) -> Result<EmbeddingQuality, EvalError> {
     let served = engine.model(model)?;
-    let stored =
-        engine.store().embeddings(&served.info.name, &served.info.version).await.map_err(anyhow::Error::from)?;
+    let stored = engine.store().embeddings(&served.info.name, &served.info.version).await?;
     let position: HashMap<&str, usize> = stored.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
     let documents: Vec<Vec<f32>> = stored.iter().map(|(_, v)| crate::util::normalized(v)).collect();
     let sample = &queries[..queries.len().min(options.quality_queries)];
@@ -375,15 +374,13 @@ fn sorted_dirs(engine: &Engine, dirs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), EvalError> {
-    std::fs::write(path, contents)
-        .map_err(|e| EvalError::Write { path: path.display().to_string(), message: e.to_string() })
+    std::fs::write(path, contents).map_err(|source| EvalError::Write { path: path.display().to_string(), source })
 }
 
 /// Writes `report.json`, `report.md`, `recall_at_k.svg` and `scores.svg` into `out`.
 pub fn write_report(report: &EvalReport, out: &Path) -> Result<(), EvalError> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| EvalError::Write { path: out.display().to_string(), message: e.to_string() })?;
-    let json = serde_json::to_string_pretty(report).map_err(|e| EvalError::Invalid(e.to_string()))?;
+    std::fs::create_dir_all(out).map_err(|source| EvalError::Write { path: out.display().to_string(), source })?;
+    let json = serde_json::to_string_pretty(report)?;
     write(&out.join("report.json"), &(json + "\n"))?;
     write(&out.join("report.md"), &report::markdown(report))?;
     super::plots::recall_curves(report, &out.join("recall_at_k.svg"))?;

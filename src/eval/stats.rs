@@ -142,7 +142,6 @@ pub fn holm(p: &[f64]) -> Vec<f64> {
 mod tests {
     use super::*;
 
-
     #[test]
     fn bootstrap_is_seeded_and_brackets_the_mean() {
         let values: Vec<f64> = (0..200).map(|i| (i % 7) as f64 / 7.0).collect();

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ExperimentSettings;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreError};
 pub use crate::store::{Arm, Experiment, ExposureItem, ExposureRecord, Mode, ShadowRecord, Status};
+use crate::store::{Store, StoreError};
 pub use exposure::ExposureLog;
 
 impl Status {

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::stats::{self, Estimate};
-use crate::util::stats::quantile;
 use super::{Experiment, ExperimentError, Mode};
 use crate::store::{ArmOutcome, Store};
+use crate::util::stats::quantile;
 
 /// The decision thresholds of a report (query parameters of `GET /v1/experiments/{id}/report`).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -62,13 +62,7 @@ impl Latency {
         values.sort_by(f64::total_cmp);
         let count = values.len();
         let mean = if count == 0 { 0.0 } else { values.iter().sum::<f64>() / count as f64 };
-        Self {
-            count,
-            mean,
-            p50: quantile(&values, 0.5),
-            p95: quantile(&values, 0.95),
-            p99: quantile(&values, 0.99),
-        }
+        Self { count, mean, p50: quantile(&values, 0.5), p95: quantile(&values, 0.95), p99: quantile(&values, 0.99) }
     }
 }
 

@@ -185,7 +185,15 @@ pub async fn search(
             let shown = hits(&result, Some(&arm.name), snippet_chars);
             let mut response = response(&request_id, &result, shown, started, Some(unit_id.clone()));
             let logged = logged
-                && log_exposure(experiments, &experiment, &request_id, &unit_id, Some(&arm.name), &body.query, &response);
+                && log_exposure(
+                    experiments,
+                    &experiment,
+                    &request_id,
+                    &unit_id,
+                    Some(&arm.name),
+                    &body.query,
+                    &response,
+                );
             tag(&mut response, &experiment, Some(&arm.name), vec![arm.name.clone()], logged);
             Ok(Served { served_by: result.model.name.clone(), response })
         }
@@ -195,8 +203,15 @@ pub async fn search(
             let served_ids = ranked_ids(&result);
             let shown = hits(&result, Some(&primary.name), snippet_chars);
             let mut response = response(&request_id, &result, shown, started, Some(unit_id.clone()));
-            let logged =
-                log_exposure(experiments, &experiment, &request_id, &unit_id, Some(&primary.name), &body.query, &response);
+            let logged = log_exposure(
+                experiments,
+                &experiment,
+                &request_id,
+                &unit_id,
+                Some(&primary.name),
+                &body.query,
+                &response,
+            );
             tag(&mut response, &experiment, Some(&primary.name), vec![primary.name.clone()], logged);
             if logged {
                 spawn_shadow(

@@ -20,10 +20,20 @@ pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store at {location}: {message}")]
-    Open { location: String, message: String },
-    #[error("store migration failed: {0}")]
-    Migrate(String),
+    #[error("cannot create the folder of the store at {location}")]
+    CreateDir {
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store at {location}")]
+    Open {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]

@@ -54,10 +54,10 @@ impl SqliteStore {
         let location = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
-                .map_err(|e| StoreError::Open { location: location.clone(), message: e.to_string() })?;
+                .map_err(|source| StoreError::CreateDir { location: location.clone(), source })?;
         }
         let options = SqliteConnectOptions::from_str("sqlite:")
-            .map_err(|e| StoreError::Open { location: location.clone(), message: e.to_string() })?
+            .map_err(|source| StoreError::Open { location: location.clone(), source })?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -68,8 +68,8 @@ impl SqliteStore {
             .max_connections(4)
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Open { location, message: e.to_string() })?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(|e| StoreError::Migrate(e.to_string()))?;
+            .map_err(|source| StoreError::Open { location, source })?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(Self { pool })
     }
 }

@@ -23,10 +23,10 @@ use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use model::{AdamSettings, Batch, Tower, TowerPooling, TowerShape, TwoTower};
-use report::{EpochReport, TrainReport};
 use crate::util::jsonl::{self, CorpusLine, JsonlError, PairLine};
 use crate::util::rng::Rng;
+use model::{AdamSettings, Batch, Tower, TowerPooling, TowerShape, TwoTower};
+use report::{EpochReport, TrainReport};
 use tokenizer::TokenizerOptions;
 
 /// Errors of `duet train`.

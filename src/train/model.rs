@@ -13,8 +13,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::util::rng::Rng;
 use super::TrainError;
+use crate::util::rng::Rng;
 
 /// How a tower turns token vectors into one vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -56,8 +56,11 @@ pub fn read_up_to<T: DeserializeOwned>(path: &Path, limit: usize) -> Result<Vec<
         if line.trim().is_empty() {
             continue;
         }
-        let row = serde_json::from_str(&line)
-            .map_err(|source| JsonlError::BadLine { path: path.to_path_buf(), line: i + 1, source })?;
+        let row = serde_json::from_str(&line).map_err(|source| JsonlError::BadLine {
+            path: path.to_path_buf(),
+            line: i + 1,
+            source,
+        })?;
         out.push(row);
     }
     Ok(out)

@@ -1,6 +1,6 @@
 //! Leaf helpers every layer may use, and that use nothing of Duet's: the seeded random generator ([`rng`]),
 //! vector normalisation, the one definition of means and quantiles every report uses ([`stats`]), the clock
-//! ([`now`]) and JSONL reading ([`jsonl`]).
+//! ([`now`]), error chains for logs and messages, and JSONL reading ([`jsonl`]).
 
 pub mod jsonl;
 pub mod rng;
@@ -9,6 +9,19 @@ pub mod stats;
 /// The current UTC time as stored and reported: RFC 3339 with milliseconds, e.g. `2026-12-01T11:09:11.123Z`.
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// An error and each of its sources, `outer: inner: innermost`: what a log line or a client message shows when
+/// the outer error alone would hide the reason.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 /// Scales `v` to unit L2 norm (a zero vector stays zero).
@@ -39,6 +52,13 @@ mod tests {
         let mut zero = vec![0.0, 0.0];
         normalize(&mut zero);
         assert_eq!(zero, vec![0.0, 0.0]);
+    }
+
+    #[test]
+    fn error_chains_show_every_source() {
+        let io = std::io::Error::other("disk on fire");
+        let err = crate::util::jsonl::JsonlError::Read { path: "x.jsonl".into(), source: io };
+        assert_eq!(error_chain(&err), "cannot read x.jsonl: disk on fire");
     }
 
     #[test]
