@@ -4,7 +4,7 @@
 //! Every text must reach `min_cosine` against its reference, encoded in one padded batch and one by one, and the
 //! batched and single vectors must agree with each other.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -77,18 +77,35 @@ impl std::fmt::Display for VerifyReport {
     }
 }
 
-pub fn verify(
-    dir: &Path,
-    reference: Option<&Path>,
-    onnxruntime: Option<&Path>,
-) -> Result<VerifyReport, Box<dyn std::error::Error + Send + Sync>> {
-    let reference_path = reference.map(Path::to_path_buf).unwrap_or_else(|| dir.join("reference.json"));
-    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(&reference_path)?)
-        .map_err(|e| format!("{}: {e}", reference_path.display()))?;
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("cannot read the reference {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the reference {} is not valid", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the reference {}: texts and vectors must be non-empty and of equal length", .0.display())]
+    Shape(PathBuf),
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+}
+
+/// Encodes the reference texts with Duet's pipeline, batched and one by one, and compares them with the
+/// reference vectors (`dir/reference.json` unless `reference` names another file).
+pub fn verify(dir: &Path, reference: Option<&Path>, onnxruntime: Option<&Path>) -> Result<VerifyReport, VerifyError> {
+    let path = reference.map(Path::to_path_buf).unwrap_or_else(|| dir.join("reference.json"));
+    let text = std::fs::read_to_string(&path).map_err(|source| VerifyError::Read { path: path.clone(), source })?;
+    let reference: Reference =
+        serde_json::from_str(&text).map_err(|source| VerifyError::Parse { path: path.clone(), source })?;
     if reference.texts.len() != reference.vectors.len() || reference.texts.is_empty() {
-        return Err(
-            format!("{}: texts and vectors must be non-empty and of equal length", reference_path.display()).into()
-        );
+        return Err(VerifyError::Shape(path));
     }
     let resolved = Manifest::load(dir)?;
     let env = super::runtime::environment(onnxruntime)?;
