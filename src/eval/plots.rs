@@ -13,6 +13,14 @@ fn plot_err(path: &Path) -> impl Fn(String) -> EvalError + '_ {
     move |message| EvalError::Plot { path: path.display().to_string(), message }
 }
 
+/// Every chart's legend: a framed, slightly transparent box of the series labels at `position`.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK).position(position).draw()
+}
+
 fn color(i: usize) -> RGBColor {
     // Colour-blind-friendly (Okabe–Ito), then the plotters palette.
     const OKABE_ITO: [(u8, u8, u8); 8] = [
@@ -61,13 +69,7 @@ pub fn recall_curves(report: &EvalReport, path: &Path) -> Result<(), EvalError> 
             .label(s.label())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))
 }
 
@@ -113,13 +115,7 @@ pub fn score_distributions(report: &EvalReport, path: &Path) -> Result<(), EvalE
                 .label(name)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft).map_err(|e| err(e.to_string()))?;
     }
     root.present().map_err(|e| err(e.to_string()))
 }
@@ -187,13 +183,7 @@ pub fn learning_curve(
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
-        .draw()
-        .map_err(|e| err(e.to_string()))?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight).map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))
 }
 
