@@ -26,7 +26,7 @@ pub struct Args {
     pub shared_towers: bool,
     /// Pooling of token embeddings: mean, or attention (a learned weight per token).
     #[arg(long, env = "DUET_TRAIN_POOLING", value_enum)]
-    pub pooling: Option<duet::train::model::TowerPooling>,
+    pub pooling: Option<duet::train::tower::TowerPooling>,
     /// BPE vocabulary size (config default 4000; smaller beat larger on a validation split held out by source).
     #[arg(long, env = "DUET_TRAIN_VOCAB_SIZE")]
     pub vocab_size: Option<usize>,

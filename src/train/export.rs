@@ -14,7 +14,8 @@ use onnx_rs::ast::{
     TensorShapeDimension, TensorTypeProto, TypeProto, TypeValue, ValueInfo,
 };
 
-use super::model::{Tower, NORM_EPS};
+use super::ops::NORM_EPS;
+use super::tower::Tower;
 use super::TrainError;
 
 /// ONNX IR version written (ONNX Runtime 1.31 reads up to 13).
@@ -235,7 +236,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::model::{TowerPooling, TowerShape};
+    use crate::train::tower::{TowerPooling, TowerShape};
     use crate::util::rng::Rng;
 
     #[test]

@@ -1,7 +1,7 @@
 //! Training the two-tower model from (query, result) pairs, in Rust, on the CPU: `duet train`.
 //!
 //! Owns the whole path from pairs to a served model folder: a BPE tokenizer trained on the corpus and the
-//! training queries ([`tokenizer`]), the two towers and the InfoNCE loss in candle ([`model`]), the training loop
+//! training queries ([`tokenizer`]), the two towers and the InfoNCE loss in candle ([`tower`], on [`tables`] and [`ops`]), the training loop
 //! (AdamW, warm-up then linear decay, in-batch negatives, seeded shuffling), validation on a seeded slice of the
 //! training pairs held out by source — whole files or commands, as the test splits are made ([`source_group`]) —
 //! for early stopping and selection of the best epoch, and the export of both
@@ -11,9 +11,11 @@
 //! Training is deterministic for a given seed and thread count: every random draw comes from [`Rng`].
 
 pub mod export;
-pub mod model;
+pub mod ops;
 pub mod report;
+pub mod tables;
 pub mod tokenizer;
+pub mod tower;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -23,11 +25,12 @@ use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use model::{AdamSettings, Batch, Tower, TowerPooling, TowerShape, TwoTower};
-use report::{EpochReport, TrainReport};
 use crate::util::jsonl::{self, CorpusLine, JsonlError, PairLine};
 use crate::util::rng::Rng;
+use ops::{AdamSettings, Batch};
+use report::{EpochReport, TrainReport};
 use tokenizer::TokenizerOptions;
+use tower::{Tower, TowerPooling, TowerShape, TwoTower};
 
 /// Errors of `duet train`.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +75,7 @@ pub struct TrainConfig {
     /// Separate towers start from the same random weights (see [`TwoTower::new`]).
     pub same_start: bool,
     /// Scale each token's random starting row by its IDF over the training texts, so the untrained model is close
-    /// to an IDF-weighted bag of words (see [`model::idf_scales`]).
+    /// to an IDF-weighted bag of words (see [`tables::idf_scales`]).
     pub idf_init: bool,
     /// Add, per training pair, the best BM25 document (among the training documents) that is not one of its
     /// query's documents to the batch as an extra negative for every query. Mined once, before training. Off by
@@ -82,7 +85,7 @@ pub struct TrainConfig {
     /// its embedding plus the mean of its trigrams' rows, so tokens the training pairs never contain still share
     /// what similar tokens learned. Folded into the exported embedding table: serving is unchanged.
     pub ngram_buckets: usize,
-    /// Width of the fixed lexical channel appended to both towers' vectors ([`model::LexicalChannel`]: random
+    /// Width of the fixed lexical channel appended to both towers' vectors ([`tables::LexicalChannel`]: random
     /// IDF-scaled rows, never trained), 0 for none. On pycode_docstring (validation MRR@10, whole corpus) it
     /// lifted the plain towers from 0.242 to 0.276 (0.336 with `tf_power` ½; both at IDF power 1); 2,048 wide added ≤ 0.006.
     pub lexical_dim: usize,
@@ -288,7 +291,7 @@ impl Trained {
             crate::encoder::Side::Document => self.model.document_tower(),
         };
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        model::to_rows(&tower.forward(&Batch::new(&refs, &Device::Cpu)?)?)
+        tower::to_rows(&tower.forward(&Batch::new(&refs, &Device::Cpu)?)?)
     }
 }
 
@@ -523,7 +526,7 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
         train_docs.dedup();
         let texts: Vec<&[u32]> =
             train_docs.iter().map(|&d| docs[d].as_slice()).chain(query_ids.iter().map(Vec::as_slice)).collect();
-        Some(model::idf_scales(&texts, vocab))
+        Some(tables::idf_scales(&texts, vocab))
     } else {
         None
     };
@@ -540,7 +543,7 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
     };
     // Its own seeded stream: adding the channel leaves every other starting weight as it was.
     let lexical = (config.lexical_dim > 0).then(|| {
-        model::LexicalChannel::new(
+        tables::LexicalChannel::new(
             vocab,
             config.lexical_dim,
             config.lexical_weight,
@@ -551,7 +554,7 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
     let token_ngrams = (config.ngram_buckets > 0).then(|| {
         std::sync::Arc::new(
             (0..vocab as u32)
-                .map(|t| model::token_ngrams(&tok.id_to_token(t).unwrap_or_default(), config.ngram_buckets))
+                .map(|t| tables::token_ngrams(&tok.id_to_token(t).unwrap_or_default(), config.ngram_buckets))
                 .collect::<Vec<_>>(),
         )
     });
@@ -606,13 +609,13 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
             let d_side = model.document_tower().leaf_rows(&db, &device)?;
             let qv = model.query.forward_rows(&q_side.rows()?, &qb)?;
             let dv = model.document_tower().forward_rows(&d_side.rows()?, &db)?;
-            let mask = model::negatives_mask(
+            let mask = tower::negatives_mask(
                 &doc_ids,
                 &hard_ids,
                 |i, h| positives[train_pairs[chunk[i]].0.as_str()].contains(&(h as usize)),
                 &device,
             )?;
-            let loss = model::info_nce(&qv, &dv, config.temperature, mask.as_ref(), config.symmetric_loss)?;
+            let loss = tower::info_nce(&qv, &dv, config.temperature, mask.as_ref(), config.symmetric_loss)?;
             let grads = loss.backward()?;
             optimizer.step(&grads)?;
             let adam = AdamSettings {
@@ -630,7 +633,7 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
                 }
                 None => model.query.apply_sparse(&[(&q_side, gq), (&d_side, gd)], adam),
             }
-            let loss = model::scalar(&loss)?;
+            let loss = tower::scalar(&loss)?;
             if !loss.is_finite() {
                 return Err(TrainError::Config(format!(
                     "the loss became {loss} at step {step}; lower learning_rate or raise temperature"
