@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use duet::encoder::{onnx::SessionOptions, Manifest, Side};
-use duet::train::model::TowerPooling;
+use duet::train::tower::TowerPooling;
 use duet::train::{train, TrainConfig, TrainOptions, Trained};
 
 /// Each document is a snake_case/camelCase "function" named after two words of a small pool (each pair of words

@@ -6,6 +6,9 @@
 //! term-frequency saturation counted with an `[seq, seq]` Equal) → weighted mean (or masked softmax attention) →
 //! Gemm (Tanh between layers) → x / max(‖x‖, ε); with a lexical channel, a second Gather from the fixed lexical
 //! table, the same weighted sum, normalised, and both parts scaled and concatenated.
+//!
+//! [`write_folder`] is the trainer's export stage: both towers, `tokenizer.json` and `model.toml` in the model
+//! folder. It may use the towers ([`super::tower`]), the tokenizer's names and the settings; nothing is trained here.
 
 use std::path::Path;
 
@@ -14,8 +17,11 @@ use onnx_rs::ast::{
     TensorShapeDimension, TensorTypeProto, TypeProto, TypeValue, ValueInfo,
 };
 
-use super::model::{Tower, NORM_EPS};
-use super::TrainError;
+use serde::Serialize;
+
+use super::ops::NORM_EPS;
+use super::tower::{Tower, TwoTower};
+use super::{tokenizer, TrainConfig, TrainError};
 
 /// ONNX IR version written (ONNX Runtime 1.31 reads up to 13).
 pub const IR_VERSION: i64 = 8;
@@ -232,10 +238,72 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
         .map_err(|e| TrainError::Write { path: path.display().to_string(), message: e.to_string() })
 }
 
+/// Writes the model folder `duet serve` loads: `query.onnx` and `document.onnx` (the same graph with shared
+/// towers), `tokenizer.json`, and `model.toml` named `name`.
+pub fn write_folder(
+    out: &Path,
+    name: &str,
+    config: &TrainConfig,
+    model: &TwoTower,
+    tok: &tokenizers::Tokenizer,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| TrainError::Write { path: out.display().to_string(), message: e.to_string() })?;
+    let doc =
+        if config.shared_towers { "duet two-tower model: shared tower" } else { "duet two-tower model: {} tower" };
+    write(&out.join("query.onnx"), &tower_to_onnx(&model.query, &doc.replace("{}", "query"))?)?;
+    write(&out.join("document.onnx"), &tower_to_onnx(model.document_tower(), &doc.replace("{}", "document"))?)?;
+    let tokenizer_path = out.join("tokenizer.json");
+    tok.save(&tokenizer_path, false)
+        .map_err(|e| TrainError::Write { path: tokenizer_path.display().to_string(), message: e.to_string() })?;
+    write_manifest(out, name, config)
+}
+
+/// `model.toml` as `duet serve` reads it.
+#[derive(Serialize)]
+struct ManifestOut<'a> {
+    name: &'a str,
+    kind: &'static str,
+    role: &'static str,
+    dimension: usize,
+    pooling: &'static str,
+    output: &'static str,
+    normalize: bool,
+    max_tokens: usize,
+    pad_token: &'static str,
+    query_onnx: &'static str,
+    document_onnx: &'static str,
+    tokenizer: &'static str,
+}
+
+fn write_manifest(out: &Path, name: &str, config: &TrainConfig) -> Result<(), TrainError> {
+    let manifest = ManifestOut {
+        name,
+        kind: "two-tower",
+        role: "two-tower",
+        dimension: config.output_dim + config.lexical_dim,
+        pooling: "output",
+        output: "sentence_embedding",
+        normalize: true,
+        max_tokens: config.max_tokens,
+        pad_token: tokenizer::PAD_TOKEN,
+        query_onnx: "query.onnx",
+        document_onnx: "document.onnx",
+        tokenizer: "tokenizer.json",
+    };
+    let text = format!(
+        "# Written by `duet train`; the hyper-parameters are in report.json.\n{}",
+        toml::to_string(&manifest).map_err(|e| TrainError::Export(e.to_string()))?
+    );
+    let path = out.join("model.toml");
+    std::fs::write(&path, text)
+        .map_err(|e| TrainError::Write { path: path.display().to_string(), message: e.to_string() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::model::{TowerPooling, TowerShape};
+    use crate::train::tower::{TowerPooling, TowerShape};
     use crate::util::rng::Rng;
 
     #[test]

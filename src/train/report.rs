@@ -1,10 +1,15 @@
-//! What `duet train` writes beside the model (`report.json`), and the validation metrics it is built from.
+//! What `duet train` writes beside the model (`report.json`) and prints (the `Display` of its reports), and the
+//! validation metrics it is built from.
+//!
+//! It may use the settings ([`TrainConfig`]), which the report repeats; nothing else of the trainer.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
 
 use serde::Serialize;
 
-use super::TrainConfig;
+use super::{TrainConfig, TrainError};
 
 /// One epoch's numbers.
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +63,47 @@ pub struct TrainReport {
     pub mean_document_tokens: f64,
     pub epochs: Vec<EpochReport>,
     pub config: TrainConfig,
+}
+
+impl TrainReport {
+    /// Writes `report.json` (pretty JSON) into the folder `out`.
+    pub fn write(&self, out: &Path) -> Result<(), TrainError> {
+        let path = out.join("report.json");
+        let json = serde_json::to_string_pretty(self).map_err(|e| TrainError::Export(e.to_string()))? + "\n";
+        std::fs::write(&path, json)
+            .map_err(|e| TrainError::Write { path: path.display().to_string(), message: e.to_string() })
+    }
+}
+
+/// The one-line summary `duet train` prints at the end.
+impl fmt::Display for TrainReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "best epoch {} of {}, validation recall@10 {:.3} MRR@10 {:.3} (chance {:.4}), {} parameters (+ {} fixed), \
+             {:.0} pairs/s, {:.1} s in all",
+            self.best_epoch,
+            self.epochs_run,
+            self.validation_recall_at_10,
+            self.validation_mrr_at_10,
+            self.validation_recall_at_10_chance,
+            self.parameters,
+            self.fixed_parameters,
+            self.pairs_per_second,
+            self.total_seconds
+        )
+    }
+}
+
+/// The line `duet train` prints after each epoch.
+impl fmt::Display for EpochReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "epoch {}: loss {:.3}, validation recall@10 {:.3} MRR@10 {:.3} ({:.1} s)",
+            self.epoch, self.mean_loss, self.validation_recall_at_10, self.validation_mrr_at_10, self.seconds
+        )
+    }
 }
 
 /// Recall@10 and MRR@10 for queries given each query's relevant candidate indexes and the score matrix
