@@ -99,7 +99,7 @@ mod tests {
         assert!(!settings(&[]).unwrap().shared_towers);
         // Unknown keys are rejected, whatever the flags say.
         std::fs::write(&path, "epochs = 3\nvocab = 1000\n").unwrap();
-        let error = settings(&["--config", file, "--vocab-size", "500"]).unwrap_err().to_string();
+        let error = format!("{:#}", settings(&["--config", file, "--vocab-size", "500"]).unwrap_err());
         assert!(error.contains("unknown field") && error.contains("vocab"), "{error}");
         // A plain switch takes no value; the boolean settings take true or false.
         assert!(settings(&["--shared-towers", "true"]).is_err());

@@ -215,15 +215,14 @@ impl TrainConfig {
     /// Reads a TOML file of hyper-parameters.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| TrainError::Read { path: path.display().to_string(), message: e.to_string() })?;
-        toml::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+            .map_err(|source| TrainError::Read { path: path.display().to_string(), source })?;
+        toml::from_str(&text).map_err(|source| TrainError::ConfigFile { path: path.display().to_string(), source })
     }
 
     /// These settings with those named in `given` (by their keys) taken from `other`, through the serialized
     /// form, so no setting is copied by hand.
     pub fn with_given(&self, other: &TrainConfig, given: &[String]) -> Result<Self, TrainError> {
-        let to_value = |c: &TrainConfig| serde_json::to_value(c).map_err(|e| TrainError::Config(e.to_string()));
-        let (mut merged, other) = (to_value(self)?, to_value(other)?);
+        let (mut merged, other) = (serde_json::to_value(self)?, serde_json::to_value(other)?);
         for key in given {
             let value = other.get(key).ok_or_else(|| TrainError::Config(format!("no setting named {key:?}")))?;
             merged[key.as_str()] = value.clone();
@@ -232,7 +231,7 @@ impl TrainConfig {
         if let Some((key, _)) = merged.as_object().and_then(|m| m.iter().find(|(_, v)| v.is_null())) {
             return Err(TrainError::Config(format!("{key} must be a finite number")));
         }
-        serde_json::from_value(merged).map_err(|e| TrainError::Config(e.to_string()))
+        Ok(serde_json::from_value(merged)?)
     }
 
     pub fn validate(&self) -> Result<(), TrainError> {
@@ -359,7 +358,7 @@ mod tests {
         assert_eq!((c.idf_init, c.hard_negatives, c.ngram_buckets), (false, true, 4096));
         assert!(TrainConfig { ngram_buckets: 1 << 25, ..Default::default() }.validate().is_err());
         std::fs::write(&path, "epoch = 3\n").unwrap();
-        assert!(TrainConfig::from_file(&path).unwrap_err().to_string().contains("epoch"));
+        assert!(crate::util::error_chain(&TrainConfig::from_file(&path).unwrap_err()).contains("epoch"));
         assert!(TrainConfig { batch_size: 1, ..Default::default() }.validate().is_err());
     }
 
@@ -394,7 +393,7 @@ mod tests {
         let c = parse(&["--epochs", "4"]).resolve(None).unwrap();
         assert_eq!((c.epochs, c.idf_init, c.lexical_weight), (4, true, 0.6));
         std::fs::write(&path, "epochs = 3\nlexical_wieght = 0.25\n").unwrap();
-        let error = parse(&["--lexical-weight", "0.5"]).resolve(Some(&path)).unwrap_err().to_string();
+        let error = crate::util::error_chain(&parse(&["--lexical-weight", "0.5"]).resolve(Some(&path)).unwrap_err());
         assert!(error.contains("lexical_wieght"), "{error}");
         let nan = TrainConfig { temperature: f64::NAN, ..Default::default() };
         assert!(TrainConfig::default().with_given(&nan, &["temperature".into()]).is_err());

@@ -234,8 +234,7 @@ fn normalise<'a>(input: &'a str, names: [&'a str; 4], output: &'a str) -> Vec<No
 
 /// Writes `bytes` to `path`.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    std::fs::write(path, bytes)
-        .map_err(|e| TrainError::Write { path: path.display().to_string(), message: e.to_string() })
+    std::fs::write(path, bytes).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
 }
 
 /// Writes the model folder `duet serve` loads: `query.onnx` and `document.onnx` (the same graph with shared
@@ -247,15 +246,16 @@ pub fn write_folder(
     model: &TwoTower,
     tok: &tokenizers::Tokenizer,
 ) -> Result<(), TrainError> {
-    std::fs::create_dir_all(out)
-        .map_err(|e| TrainError::Write { path: out.display().to_string(), message: e.to_string() })?;
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.display().to_string(), source })?;
     let doc =
         if config.shared_towers { "duet two-tower model: shared tower" } else { "duet two-tower model: {} tower" };
     write(&out.join("query.onnx"), &tower_to_onnx(&model.query, &doc.replace("{}", "query"))?)?;
     write(&out.join("document.onnx"), &tower_to_onnx(model.document_tower(), &doc.replace("{}", "document"))?)?;
     let tokenizer_path = out.join("tokenizer.json");
-    tok.save(&tokenizer_path, false)
-        .map_err(|e| TrainError::Write { path: tokenizer_path.display().to_string(), message: e.to_string() })?;
+    tok.save(&tokenizer_path, false).map_err(|source| TrainError::Tokenizer {
+        message: format!("cannot write {}", tokenizer_path.display()),
+        source: Some(source),
+    })?;
     write_manifest(out, name, config)
 }
 
@@ -291,13 +291,10 @@ fn write_manifest(out: &Path, name: &str, config: &TrainConfig) -> Result<(), Tr
         document_onnx: "document.onnx",
         tokenizer: "tokenizer.json",
     };
-    let text = format!(
-        "# Written by `duet train`; the hyper-parameters are in report.json.\n{}",
-        toml::to_string(&manifest).map_err(|e| TrainError::Export(e.to_string()))?
-    );
+    let text =
+        format!("# Written by `duet train`; the hyper-parameters are in report.json.\n{}", toml::to_string(&manifest)?);
     let path = out.join("model.toml");
-    std::fs::write(&path, text)
-        .map_err(|e| TrainError::Write { path: path.display().to_string(), message: e.to_string() })
+    std::fs::write(&path, text).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
 }
 
 #[cfg(test)]

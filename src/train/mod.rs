@@ -42,16 +42,38 @@ use tower::TwoTower;
 /// Errors of `duet train`.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("cannot read {path}: {message}")]
-    Read { path: String, message: String },
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Data(#[from] JsonlError),
-    #[error("cannot write {path}: {message}")]
-    Write { path: String, message: String },
+    #[error("cannot write {path}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid training settings: {0}")]
     Config(String),
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    #[error("invalid training settings in {path}")]
+    ConfigFile {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("cannot convert the settings or the report to JSON")]
+    Json(#[from] serde_json::Error),
+    #[error("cannot write model.toml")]
+    Manifest(#[from] toml::ser::Error),
+    #[error("tokenizer: {message}")]
+    Tokenizer {
+        message: String,
+        #[source]
+        source: Option<tokenizers::Error>,
+    },
     #[error("tensor computation: {0}")]
     Tensor(#[from] candle_core::Error),
     #[error("ONNX export: {0}")]

@@ -69,9 +69,8 @@ impl TrainReport {
     /// Writes `report.json` (pretty JSON) into the folder `out`.
     pub fn write(&self, out: &Path) -> Result<(), TrainError> {
         let path = out.join("report.json");
-        let json = serde_json::to_string_pretty(self).map_err(|e| TrainError::Export(e.to_string()))? + "\n";
-        std::fs::write(&path, json)
-            .map_err(|e| TrainError::Write { path: path.display().to_string(), message: e.to_string() })
+        let json = serde_json::to_string_pretty(self)? + "\n";
+        std::fs::write(&path, json).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
     }
 }
 

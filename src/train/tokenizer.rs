@@ -35,8 +35,8 @@ pub struct TokenizerOptions {
     pub limit_alphabet: usize,
 }
 
-fn err(e: impl std::fmt::Display) -> TrainError {
-    TrainError::Tokenizer(e.to_string())
+fn err(source: tokenizers::Error) -> TrainError {
+    TrainError::Tokenizer { message: "the tokenizers library failed".into(), source: Some(source) }
 }
 
 /// An untrained tokenizer with Duet's normaliser and pre-tokenizer around an empty BPE model.
@@ -90,7 +90,7 @@ pub fn train<'a>(
     let mut trainer = TrainerWrapper::BpeTrainer(trainer);
     tokenizer.train(&mut trainer, texts).map_err(err)?;
     if tokenizer.token_to_id(PAD_TOKEN) != Some(0) {
-        return Err(TrainError::Tokenizer(format!("{PAD_TOKEN} did not get id 0")));
+        return Err(TrainError::Tokenizer { message: format!("{PAD_TOKEN} did not get id 0"), source: None });
     }
     Ok(tokenizer)
 }
