@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
-use crate::experiment::report::{self, ReportSettings};
+use crate::experiment::report::ReportSettings;
 use crate::experiment::{ExperimentPatch, NewExperiment, Status};
 
 pub async fn create(
@@ -53,9 +53,5 @@ pub async fn report(
     ApiQuery(settings): ApiQuery<ReportSettings>,
 ) -> Result<Response, ApiError> {
     settings.validate().map_err(ApiError::invalid)?;
-    let experiment = state.experiments.find(&id)?;
-    // Exposures still queued belong in the report.
-    state.experiments.log.flush().await;
-    let report = report::build(state.experiments.store().as_ref(), &experiment, settings).await?;
-    Ok(axum::Json(report).into_response())
+    Ok(axum::Json(state.experiments.report(&id, settings).await?).into_response())
 }

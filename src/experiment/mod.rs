@@ -409,6 +409,13 @@ impl Experiments {
         Ok(Route::Experiment { experiment, unit_id: unit.to_string(), plan })
     }
 
+    /// The report of an experiment (id or name), including the exposures still queued for the store.
+    pub async fn report(&self, key: &str, settings: report::ReportSettings) -> Result<report::Report, ExperimentError> {
+        let experiment = self.find(key)?;
+        self.log.flush().await;
+        report::build(self.store.as_ref(), &experiment, settings).await
+    }
+
     /// Records a feedback event after checking that the request was logged and showed the document.
     pub async fn feedback(&self, feedback: Feedback) -> Result<FeedbackReceipt, ExperimentError> {
         let mut shown = self.store.shown(&feedback.request_id).await?;

@@ -149,6 +149,9 @@ fn seed_of(request_id: &str) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
+/// Answers one search: routes it (an explicit model, else the experiment for the unit, else the default model),
+/// runs the plan's searches through the engine, builds the list shown, and queues its exposure (and the shadow
+/// arm's search) without waiting for the store. `request_id` keys the exposure that feedback refers to.
 pub async fn search(
     engine: &Arc<Engine>,
     experiments: &Arc<Experiments>,
