@@ -19,8 +19,10 @@ pub mod experiment;
 pub mod index;
 pub mod lexical;
 pub mod metrics;
+#[cfg(feature = "mine")]
 pub mod mine;
 pub mod server;
 pub mod store;
+#[cfg(feature = "train")]
 pub mod train;
 pub mod util;

@@ -4,11 +4,14 @@
 //! module; nothing imports it.
 
 pub mod bench;
+#[cfg(feature = "offline-eval")]
 pub mod eval;
 pub mod import;
+#[cfg(feature = "mine")]
 pub mod mine;
 pub mod serve;
 pub mod simulate;
+#[cfg(feature = "train")]
 pub mod train;
 pub mod verify;
 
@@ -44,13 +47,16 @@ pub enum Command {
     BenchEncode(bench::Args),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
+    #[cfg(feature = "offline-eval")]
     Eval(Box<eval::Args>),
     /// Mine (query, result) pairs from source code into corpus.jsonl, train.jsonl, test.jsonl and stats.json.
+    #[cfg(feature = "mine")]
     #[command(subcommand)]
     Mine(mine::Command),
     /// Train a two-tower model on (query, result) pairs and write a model folder `duet serve` loads: query.onnx,
     /// document.onnx, tokenizer.json, model.toml, and report.json (validation recall@10 and MRR@10, speed).
     /// Hyper-parameters come from --config, then the flags below; the test split is never read.
+    #[cfg(feature = "train")]
     Train(Box<train::Args>),
     /// Simulated users against a running server: replay held-out pairs under an experiment (clicks from a
     /// position-biased model sent as feedback), or measure how many impressions A/B and interleaving need.
@@ -64,12 +70,13 @@ impl Command {
     fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Serve(_) | Command::Import(_) => "info,ort=warn",
-            Command::Verify(_)
-            | Command::BenchEncode(_)
-            | Command::Eval(_)
-            | Command::Mine(_)
-            | Command::Train(_)
-            | Command::Simulate(_) => "warn",
+            Command::Verify(_) | Command::BenchEncode(_) | Command::Simulate(_) => "warn",
+            #[cfg(feature = "offline-eval")]
+            Command::Eval(_) => "warn",
+            #[cfg(feature = "mine")]
+            Command::Mine(_) => "warn",
+            #[cfg(feature = "train")]
+            Command::Train(_) => "warn",
         }
     }
 
@@ -79,8 +86,11 @@ impl Command {
             Command::Import(args) => import::run(args).await,
             Command::Verify(args) => verify::run(args),
             Command::BenchEncode(args) => bench::run(args),
+            #[cfg(feature = "offline-eval")]
             Command::Eval(args) => eval::run(*args).await,
+            #[cfg(feature = "mine")]
             Command::Mine(command) => mine::run(command),
+            #[cfg(feature = "train")]
             Command::Train(args) => train::run(*args),
             Command::Simulate(command) => simulate::run(command).await,
         }
