@@ -88,3 +88,77 @@ fn a_missing_config_file_fails_with_the_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no/such/duet.toml") && stderr.contains("No such file"), "the cause is shown: {stderr}");
 }
+
+/// A small data folder (corpus, train and test pairs) from the example corpus: the first words of a document
+/// are its query.
+fn data_folder(dir: &std::path::Path) {
+    let corpus = std::fs::read_to_string(common::repo().join("examples/corpus.jsonl")).unwrap();
+    std::fs::write(dir.join("corpus.jsonl"), &corpus).unwrap();
+    let pairs: Vec<String> = corpus
+        .lines()
+        .map(|line| {
+            let doc: Value = serde_json::from_str(line).unwrap();
+            let query: Vec<&str> = doc["text"].as_str().unwrap().split_whitespace().take(6).collect();
+            serde_json::json!({"query": query.join(" "), "doc_id": doc["id"]}).to_string()
+        })
+        .collect();
+    std::fs::write(dir.join("test.jsonl"), pairs[..20].join("\n")).unwrap();
+    std::fs::write(dir.join("train.jsonl"), pairs[20..].join("\n")).unwrap();
+}
+
+#[test]
+fn train_then_eval_then_bench_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    data_folder(dir.path());
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (train, corpus, model, out) = (path("train.jsonl"), path("corpus.jsonl"), path("two-tower"), path("out"));
+
+    let small = ["--epochs", "1", "--vocab-size", "200", "--batch-size", "8", "--lexical-dim", "64"];
+    let mut args = vec!["train", "--pairs", &train, "--corpus", &corpus, "--out", &model];
+    args.extend(small);
+    let output = duet(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("validation recall@10"), "the summary line: {stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("two-tower/report.json")).unwrap()).unwrap();
+    assert_eq!(report["config"]["epochs"], 1, "flags reach the trainer");
+
+    // `duet eval --data` (the plain evaluation, not a subcommand) scores the trained folder beside a tiny model.
+    let models = format!("tiny-encoder,{model}");
+    let quick = ["--bootstrap", "50", "--permutations", "50", "--cost-docs", "4", "--quality-queries", "5"];
+    let mut args = vec!["eval", "--data", dir.path().to_str().unwrap(), "--models", &models, "--out", &out];
+    args.extend(quick);
+    let output = duet(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let markdown = stdout(&output);
+    assert!(
+        markdown.contains("tiny-encoder") && markdown.contains("two-tower") && markdown.contains("bm25"),
+        "{markdown}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/report.json")).unwrap()).unwrap();
+    assert!(report["scores"].as_array().is_some_and(|s| s.len() == 5), "2 models × (exact, hnsw) + bm25: {report}");
+
+    let output = duet(&["bench-encode", "--model", &model, "--corpus", &corpus, "--limit", "16", "--batch", "4"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout(&output).contains("16 texts") && stdout(&output).contains("texts/s"), "{}", stdout(&output));
+}
+
+#[test]
+fn mine_writes_the_pair_files_and_prints_their_statistics() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let function =
+        "def add(a, b):\n    \"\"\"Add two numbers and return the sum.\"\"\"\n    c = a + b\n    d = c\n    return d\n";
+    std::fs::write(src.join("arith.py"), function).unwrap();
+    let out = dir.path().join("pairs");
+    let output = duet(&["mine", "python-docstrings", "--src", src.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stats: Value = serde_json::from_str(&stdout(&output)).expect("the statistics as JSON on stdout");
+    assert_eq!(stats["seed"], 42, "{stats}");
+    let corpus = std::fs::read_to_string(out.join("corpus.jsonl")).unwrap();
+    assert!(corpus.contains("return d") && !corpus.contains("Add two numbers"), "code without its docstring: {corpus}");
+    assert!(out.join("train.jsonl").exists() && out.join("test.jsonl").exists());
+}

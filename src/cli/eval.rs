@@ -10,8 +10,6 @@ use duet::eval::stats::Resampling;
 use duet::eval::{self, curve, report, run, EvalOptions};
 use duet::train::TrainConfig;
 
-use super::RuntimeArgs;
-
 #[derive(ClapArgs)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Args {
@@ -84,8 +82,11 @@ pub struct EvalArgs {
     /// runs sharing it encode each sample once per model.
     #[arg(long, env = "DUET_EVAL_CACHE")]
     pub cache: Option<PathBuf>,
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
+    /// Path of libonnxruntime (after ORT_DYLIB_PATH; default: the project's .venv).
+    // Not the shared `RuntimeArgs`: clap leaves an `Option<…>`-flattened struct (the plain `duet eval` above) `None`
+    // when that struct flattens another one, so `duet eval --data` would be refused. The test below checks it.
+    #[arg(long, env = "DUET_ONNXRUNTIME")]
+    pub onnxruntime: Option<PathBuf>,
 }
 
 #[derive(ClapArgs)]
@@ -144,7 +145,7 @@ fn run_options(args: &EvalArgs) -> anyhow::Result<RunOptions> {
     ));
     let models = args.models.iter().filter(|m| !m.is_empty()).map(|m| eval::model_dir(m, &args.models_dir)).collect();
     let mut options = RunOptions::new(data, models, cache);
-    options.onnxruntime = args.runtime.onnxruntime.clone();
+    options.onnxruntime = args.onnxruntime.clone();
     options.bm25 = matches!(args.baseline, Baseline::Bm25);
     options.resampling = Resampling {
         bootstrap_resamples: args.bootstrap,
@@ -215,4 +216,31 @@ pub async fn run(command: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::super::{Cli, Command};
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        let Command::Eval(eval) = Cli::try_parse_from(["duet", "eval"].iter().chain(args)).unwrap().command else {
+            unreachable!("an eval command")
+        };
+        *eval
+    }
+
+    #[test]
+    fn plain_eval_takes_its_flags_and_subcommands_take_theirs() {
+        let eval = parse(&["--data", "d", "--models", "a,b", "--onnxruntime", "lib.so"]);
+        let args = eval.args.expect("`duet eval --data` is the plain evaluation");
+        assert_eq!((args.data.to_str(), args.models.len()), (Some("d"), 2));
+        assert_eq!(args.onnxruntime.as_deref(), Some(std::path::Path::new("lib.so")));
+        assert!(eval.command.is_none());
+        let curve = parse(&["learning-curve", "--data", "d", "--sizes", "10,all", "--epochs", "1"]);
+        let Some(Subcommand::LearningCurve(curve)) = curve.command else { panic!("a learning curve") };
+        assert_eq!((curve.sizes.len(), curve.train.epochs), (2, 1));
+    }
 }
