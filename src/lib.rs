@@ -1,13 +1,17 @@
 //! Duet: serve a two-tower model and an LLM-embedding model side by side over one corpus, and compare them.
 //!
 //! A request reads top to bottom through the modules:
-//! [`api`] (HTTP, validation, problem+json) → [`experiment`] (which arm serves a unit; exposures, feedback,
-//! reports) → [`engine`] (which model, consistency of writes) →
-//! [`encoder`] (tokenize, ONNX, pool; one batching queue per model on its own thread) →
-//! [`index`] (HNSW or exact search per model) → [`store`] (documents and embeddings in SQL).
-//! [`config`] reads `duet.toml`, [`metrics`] owns the Prometheus registry, [`corpus`] imports JSONL corpora,
-//! [`mine`] mines (query, result) pairs from source code, [`eval`] scores models on held-out pairs, and [`server`] wires it all to a listening socket.
-//! [`train`] trains a two-tower model from (query, result) pairs and exports both towers to ONNX.
+//! [`api`] (HTTP: validation, problem+json, the one mapping of errors to statuses) → [`experiment`] (which arm
+//! serves a unit, interleaving, exposures, feedback, reports) → [`engine`] (which model, consistency of writes) →
+//! [`encoder`] (tokenize, ONNX, pool; one batching queue per model on its own thread) / [`index`] (HNSW or exact
+//! search per model) → [`store`] (documents, embeddings and experiments in SQL, as [`store::records`]).
+//!
+//! Around it: [`server`] wires it all to a listening socket, [`config`] reads `duet.toml`, [`metrics`] owns the
+//! Prometheus registry, [`corpus`] imports JSONL corpora, [`eval`] scores models on held-out pairs (offline, and
+//! live through `/v1/eval`), `train` trains a two-tower model and exports it to ONNX (feature `train`), `mine`
+//! mines (query, result) pairs from source code (feature `mine`). [`lexical`] (BM25) and [`util`] are leaves that
+//! use nothing of Duet's. The README's Architecture section lists what each module may use;
+//! `tests/architecture.rs` checks it.
 
 pub mod api;
 pub mod config;

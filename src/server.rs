@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::corpus::import_jsonl;
 use crate::engine::Engine;
 use crate::experiment::Experiments;
+use crate::util::error_chain;
 
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -38,7 +39,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let import = config.import.clone();
         async move {
             if let Err(err) = engine.prepare_indexes().await {
-                tracing::error!(error = %err, "building the indexes failed; the server stays unready");
+                tracing::error!(error = %error_chain(&err), "building the indexes failed; the server stays unready");
                 return;
             }
             if let Some(path) = import {
@@ -50,7 +51,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
                         tracing::info!(file = %path.display(), upserted = report.upserted,
                             unchanged = report.unchanged, bad = report.bad_lines.len(), "start-up import done");
                     }
-                    Err(err) => tracing::error!(file = %path.display(), error = %err, "start-up import failed"),
+                    Err(err) => {
+                        tracing::error!(file = %path.display(), error = %error_chain(&err), "start-up import failed")
+                    }
                 }
             }
         }

@@ -113,8 +113,6 @@ impl From<IndexError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            // Every connection stayed busy: the store is overloaded, not broken.
-            StoreError::Query(sqlx::Error::PoolTimedOut) => ApiError::unavailable("store-busy", &err),
             StoreError::CreateDir { .. }
             | StoreError::Open { .. }
             | StoreError::Migrate(_)

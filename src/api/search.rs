@@ -2,6 +2,8 @@
 //! string (`q` for the query). The handlers validate the request and the unit id (`unit_id` or the `X-Duet-Unit`
 //! header), then call [`crate::experiment::serve::search`], which decides which model answers.
 
+use std::time::Instant;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -79,10 +81,11 @@ async fn run(
     headers: &HeaderMap,
     body: SearchRequest,
 ) -> Result<Response, ApiError> {
+    let started = Instant::now();
     validate(&state, &body)?;
     let unit = unit_from(headers, &body)?;
     let RequestId(request_id) = request_id;
     let Served { response, served_by: model } =
-        serve::search(&state.engine, &state.experiments, request_id, unit, body).await?;
+        serve::search(&state.engine, &state.experiments, request_id, unit, body, started).await?;
     Ok(served_by(&model, StatusCode::OK, response))
 }

@@ -43,6 +43,7 @@ pub struct EvalArgs {
     /// Models: names under --models-dir or model folders, comma-separated (none: the baseline alone).
     #[arg(long, env = "DUET_EVAL_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Folder where --models names are looked up (a name that is itself a model folder is used as it is).
     #[arg(long, env = "DUET_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
     /// Lexical baseline row, computed by Duet (BM25, k1 0.9, b 0.4, identifier splitting).

@@ -41,6 +41,7 @@ pub struct SimulationArgs {
     /// Probability of clicking an examined non-relevant result.
     #[arg(long, env = "DUET_SIMULATE_CLICK_NOISE", default_value_t = 0.05)]
     pub click_noise: f64,
+    /// Seed of the simulated clicks (and, for power, of the assignment and the query draws).
     #[arg(long, env = "DUET_SIMULATE_SEED", default_value_t = 42)]
     pub seed: u64,
     /// Also write the outcome as JSON here.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::onnx::{self, SessionOptions};
 use super::{runtime, EncoderError, Manifest, Side};
-use crate::util::jsonl::{self, CorpusLine, JsonlError};
+use crate::util::jsonl::{self, JsonlError};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -68,8 +68,15 @@ impl std::fmt::Display for BenchReport {
     }
 }
 
+/// A corpus line as the benchmark reads it: only its text (an absent one is empty).
+#[derive(serde::Deserialize)]
+struct TextLine {
+    #[serde(default)]
+    text: String,
+}
+
 fn texts(corpus: &Path, limit: usize) -> Result<Vec<String>, BenchError> {
-    let lines: Vec<CorpusLine> = jsonl::read_up_to(corpus, limit)?;
+    let lines: Vec<TextLine> = jsonl::read_up_to(corpus, limit)?;
     if lines.is_empty() {
         return Err(BenchError::Empty(corpus.to_path_buf()));
     }

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::metrics::Grades;
 use crate::store::NewDocument;
-use crate::util::jsonl;
+use crate::util::jsonl::{self, CorpusLine};
 
 /// Errors of `duet eval`.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +47,6 @@ pub enum EvalError {
     Engine(#[from] crate::engine::EngineError),
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
-}
-
-#[derive(Debug, Deserialize)]
-struct CorpusLine {
-    id: String,
-    text: String,
-    #[serde(default)]
-    metadata: Option<serde_json::Value>,
 }
 
 /// One line of `test.jsonl`.

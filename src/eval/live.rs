@@ -37,11 +37,17 @@ fn failure_message(err: &EngineError) -> String {
         | EngineError::NotReady(_)
         | EngineError::Encoder(EncoderError::Overloaded { .. } | EncoderError::Stopped { .. }) => err.to_string(),
         EngineError::DuplicateModel(_)
-        | EngineError::Encoder(_)
+        | EngineError::Encoder(
+            EncoderError::Runtime { .. }
+            | EncoderError::Manifest { .. }
+            | EncoderError::Load { .. }
+            | EncoderError::Tokenize { .. }
+            | EncoderError::Inference { .. },
+        )
         | EngineError::Store(_)
         | EngineError::Index(_)
         | EngineError::Task(_) => {
-            tracing::error!(error = %err, source = ?std::error::Error::source(err), "evaluation job failed");
+            tracing::error!(error = %crate::util::error_chain(err), "evaluation job failed");
             "internal error; the server log has the details".to_string()
         }
     }

@@ -1,14 +1,14 @@
-//! Offline evaluation (`duet eval`): held-out (query, result) pairs run through the same engine and search path
-//! the server uses, scored per model — and for a BM25 baseline — with confidence intervals, paired significance
-//! tests, embedding-quality measures and compute costs, written as Markdown, JSON and SVG plots.
+//! Evaluation: offline (`duet eval`, feature `offline-eval`), held-out (query, result) pairs run through the same
+//! engine and search path the server uses, scored per model — and for a BM25 baseline — with confidence
+//! intervals, paired significance tests, embedding-quality measures and compute costs, written as Markdown, JSON
+//! and SVG plots; and live ([`live`]: `/v1/eval` and its jobs, always built).
 //!
-//! This module owns the data: reading a data folder, the graded relevance of `qrels.tsv`, and the seeded corpus
-//! and query samples. The rest lives in one file per concern:
-//! [`metrics`] (rank metrics of one query), [`stats`] (bootstrap intervals, paired tests),
-//! [`crate::lexical`] (the BM25 baseline), [`quality`] (alignment, uniformity, anisotropy, score gaps),
-//! [`cost`] (speed, memory and size), [`run`] (one evaluation through the engine), [`report`] (the report's
-//! structure and its Markdown), [`plots`] (SVG charts) and [`curve`] (learning curves and cross-domain runs,
-//! which train two-tower models with [`crate::train`]).
+//! One file per concern: [`metrics`] (rank metrics of one query), [`stats`] (bootstrap intervals, paired tests),
+//! [`live`] (the server's evaluation jobs); with `offline-eval`: `data` (reading a data folder, the graded
+//! relevance of `qrels.tsv`, the seeded corpus and query samples), `quality` (alignment, uniformity, anisotropy,
+//! score gaps), `cost` (speed, memory and size), `run` (one evaluation through the engine), `report` (the report's
+//! structure and its Markdown), `plots` (SVG charts) and `curve` (learning curves and cross-domain runs, which
+//! train two-tower models with `crate::train`). The BM25 baseline is [`crate::lexical`].
 //!
 //! # Data folder
 //!

@@ -106,7 +106,7 @@ async fn write_loop(mut rx: mpsc::Receiver<Message>, store: Arc<dyn Store>, batc
         if written > 0 {
             let started = Instant::now();
             if let Err(err) = store.write_exposures(&exposures, &shadows).await {
-                tracing::error!(error = %err, records = written, "writing exposures failed; the batch is lost");
+                tracing::error!(error = %crate::util::error_chain(&err), records = written, "writing exposures failed; the batch is lost");
                 metrics.exposure_write_errors.inc_by(written as u64);
             }
             metrics.exposure_write_duration.observe(started.elapsed().as_secs_f64());

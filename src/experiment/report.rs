@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::stats::{self, Estimate};
 use super::{Experiment, ExperimentError, Mode};
 use crate::store::{ArmOutcome, Store};
-use crate::util::stats::quantile;
+use crate::util::stats::{mean, quantile};
 
 /// The decision thresholds of a report (query parameters of `GET /v1/experiments/{id}/report`).
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -61,8 +61,13 @@ impl Latency {
     fn of(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
         let count = values.len();
-        let mean = if count == 0 { 0.0 } else { values.iter().sum::<f64>() / count as f64 };
-        Self { count, mean, p50: quantile(&values, 0.5), p95: quantile(&values, 0.95), p99: quantile(&values, 0.99) }
+        Self {
+            count,
+            mean: mean(&values),
+            p50: quantile(&values, 0.5),
+            p95: quantile(&values, 0.95),
+            p99: quantile(&values, 0.99),
+        }
     }
 }
 
@@ -293,7 +298,7 @@ pub async fn build(
 
     Ok(Report {
         experiment: experiment.clone(),
-        generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        generated_at: crate::util::now(),
         alpha: settings.alpha,
         power: settings.power,
         mde: settings.mde,

@@ -23,6 +23,7 @@ use super::{stats, Experiment, ExperimentError, Experiments, Mode, Plan, Route, 
 use crate::engine::{Engine, SearchQuery, SearchResult};
 use crate::index::SearchMethod;
 use crate::store::{ExposureItem, ExposureRecord, ShadowRecord};
+use crate::util::error_chain;
 
 fn default_k() -> usize {
     10
@@ -151,15 +152,16 @@ fn seed_of(request_id: &str) -> u64 {
 
 /// Answers one search: routes it (an explicit model, else the experiment for the unit, else the default model),
 /// runs the plan's searches through the engine, builds the list shown, and queues its exposure (and the shadow
-/// arm's search) without waiting for the store. `request_id` keys the exposure that feedback refers to.
+/// arm's search) without waiting for the store. `request_id` keys the exposure that feedback refers to;
+/// `started` is when the request arrived, for the response's `total_ms` and the exposure's latency.
 pub async fn search(
     engine: &Arc<Engine>,
     experiments: &Arc<Experiments>,
     request_id: String,
     unit: Option<String>,
     body: SearchRequest,
+    started: Instant,
 ) -> Result<Served, ExperimentError> {
-    let started = Instant::now();
     let route = match &body.model {
         // An explicit model bypasses experiments.
         Some(_) => Route::Direct,
@@ -367,7 +369,7 @@ fn spawn_shadow(
                 });
             }
             Err(err) => {
-                tracing::warn!(experiment = %experiment.name, error = %err, "shadow search failed");
+                tracing::warn!(experiment = %experiment.name, error = %error_chain(&err), "shadow search failed");
                 experiments.metrics.shadow_skipped.with_label_values(&[&experiment.name, "failed"]).inc();
             }
         }

@@ -357,6 +357,8 @@ fn interleave_run(
 fn design(name: &'static str, traces: &[RunTrace], horizons: &[usize], better: usize) -> DesignOutcome {
     let mut needed: Vec<usize> = traces.iter().map(|t| t.first.map_or(usize::MAX, |(n, _)| n)).collect();
     needed.sort_unstable();
+    // Nearest rank, not `util::stats::quantile`: an order statistic of censored counts, where runs that never
+    // decided sort last (usize::MAX) and a quantile among them is "not reached", which interpolation cannot say.
     let at = |q: f64| {
         let i = ((q * needed.len() as f64).ceil() as usize).clamp(1, needed.len().max(1)) - 1;
         needed.get(i).copied().filter(|&n| n != usize::MAX)

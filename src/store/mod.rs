@@ -34,7 +34,7 @@ pub enum StoreError {
     },
     #[error("store migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("store query failed: {0}")]
+    #[error("store query failed")]
     Query(#[from] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

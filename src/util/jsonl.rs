@@ -31,11 +31,14 @@ pub struct PairLine {
     pub doc_id: String,
 }
 
-/// A corpus document, as in `corpus.jsonl` (other fields are ignored).
+/// A corpus document, as in `corpus.jsonl` (other fields are ignored; `duet import` is stricter and refuses
+/// them, see `corpus`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CorpusLine {
     pub id: String,
     pub text: String,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// Every non-blank line of `path`, parsed; the first bad line fails the read with its line number.

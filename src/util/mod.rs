@@ -32,11 +32,16 @@ pub fn normalize(v: &mut [f32]) {
     }
 }
 
-/// A unit-length copy of `v` (a zero vector stays zero).
+/// A unit-length copy of `v` (a zero vector stays zero), with the norm computed and applied in f64: for the
+/// analyses of `duet eval`, where [`normalize`]'s f32 (the serving path's, fast and in place) would move the last
+/// digits of the reports.
 pub fn normalized(v: &[f32]) -> Vec<f32> {
-    let mut copy = v.to_vec();
-    normalize(&mut copy);
-    copy
+    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        v.to_vec()
+    } else {
+        v.iter().map(|x| (*x as f64 / norm) as f32).collect()
+    }
 }
 
 #[cfg(test)]
