@@ -162,3 +162,45 @@ fn mine_writes_the_pair_files_and_prints_their_statistics() {
     assert!(corpus.contains("return d") && !corpus.contains("Add two numbers"), "code without its docstring: {corpus}");
     assert!(out.join("train.jsonl").exists() && out.join("test.jsonl").exists());
 }
+
+/// `duet serve` as an orchestrator runs it: flags and environment variables over the example config, the
+/// address on stdout, the start-up import served, and a clean exit on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_starts_from_flags_serves_its_import_and_stops_on_sigterm() {
+    use tokio::io::AsyncBufReadExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("duet.db");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_duet"))
+        .args(["serve", "--config", "examples/tiny.toml", "--listen", "127.0.0.1:0", "--log", "warn"])
+        .env("DUET_STORE", &store)
+        .current_dir(common::repo())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().expect("a first line on stdout");
+    let base = first.strip_prefix("duet listening on ").expect("the address is announced").to_string();
+
+    // Ready once every index is built; the example config imports its 50-document corpus after that.
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let body: Value =
+            client.get(format!("{base}/v1/documents/py-sort-list")).send().await.unwrap().json().await.unwrap();
+        if body["id"] == "py-sort-list" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the start-up import did not land within 60 s: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let models: Value = client.get(format!("{base}/v1/models")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(models["default_model"], "tiny-two-tower", "the config's default model: {models}");
+    assert!(store.exists(), "DUET_STORE overrides the config's store");
+
+    let pid = child.id().expect("running").to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "SIGTERM is a graceful shutdown: {status}");
+}
