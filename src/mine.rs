@@ -11,17 +11,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::util::fs::FileError;
 use sha2::{Digest, Sha256};
 use tree_sitter::{Node, Parser};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MineError {
-    #[error("cannot write {path}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::util::fs::FileError),
     #[error("cannot load the Python grammar")]
     Parser(#[from] tree_sitter::LanguageError),
 }
@@ -327,39 +325,37 @@ pub fn mine_python_docstrings(
         train_files = kept.iter().filter(|(_, t)| !t).map(|(f, _)| f.path.clone()).collect();
         test_files = kept.iter().filter(|(_, t)| *t).map(|(f, _)| f.path.clone()).collect();
     }
-    std::fs::create_dir_all(out).map_err(|source| MineError::Write { path: out.display().to_string(), source })?;
+    crate::util::fs::create_dir_all(out)?;
     let open = |name: &str| {
         let path = out.join(name);
-        std::fs::File::create(&path)
-            .map(std::io::BufWriter::new)
-            .map_err(|source| MineError::Write { path: path.display().to_string(), source })
+        std::fs::File::create(&path).map(std::io::BufWriter::new).map_err(|e| FileError::writing(&path)(e))
     };
     let (mut corpus, mut train, mut test) = (open("corpus.jsonl")?, open("train.jsonl")?, open("test.jsonl")?);
-    let write_err = |source| MineError::Write { path: out.display().to_string(), source };
+    let write_err = FileError::writing(out);
     for (f, is_test) in &kept {
         let line = CorpusLine {
             id: &f.id,
             text: &f.code,
             metadata: serde_json::json!({"path": f.path, "name": f.name, "line": f.line, "language": "python"}),
         };
-        writeln!(corpus, "{}", serde_json::to_string(&line).expect("serialisable")).map_err(write_err)?;
+        writeln!(corpus, "{}", serde_json::to_string(&line).expect("serialisable")).map_err(&write_err)?;
         let pair = serde_json::to_string(&PairLine { query: &f.query, doc_id: &f.id }).expect("serialisable");
         if *is_test {
-            writeln!(test, "{pair}").map_err(write_err)?;
+            writeln!(test, "{pair}").map_err(&write_err)?;
             stats.test_pairs += 1;
         } else {
-            writeln!(train, "{pair}").map_err(write_err)?;
+            writeln!(train, "{pair}").map_err(&write_err)?;
             stats.train_pairs += 1;
         }
     }
     for mut w in [corpus, train, test] {
-        w.flush().map_err(write_err)?;
+        w.flush().map_err(&write_err)?;
     }
     stats.documents = kept.len();
     stats.train_files = train_files.len();
     stats.test_files = test_files.len();
     std::fs::write(out.join("stats.json"), serde_json::to_string_pretty(&stats).expect("serialisable") + "\n")
-        .map_err(write_err)?;
+        .map_err(&write_err)?;
     Ok(stats)
 }
 

@@ -16,6 +16,7 @@ use super::run::{evaluate, set_name, write_report, RunOptions};
 use super::stats::Interval;
 use super::{read_lines, EvalError};
 use crate::train::{Progress, TrainConfig, TrainOptions};
+use crate::util::fs::{self, FileError};
 use crate::util::rng::Rng;
 
 /// One two-tower model to train.
@@ -115,19 +116,19 @@ pub fn train_all(
 }
 
 fn write_lines<'a>(path: &Path, lines: impl Iterator<Item = &'a str>) -> Result<(), EvalError> {
-    let err = |source| EvalError::Write { path: path.display().to_string(), source };
+    let err = FileError::writing(path);
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(err)?;
+        fs::create_dir_all(parent)?;
     }
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(&err)?);
     for line in lines {
-        writeln!(file, "{line}").map_err(err)?;
+        writeln!(file, "{line}").map_err(&err)?;
     }
-    file.flush().map_err(err)
+    Ok(file.flush().map_err(err)?)
 }
 
 fn write_text(path: &Path, text: &str) -> Result<(), EvalError> {
-    std::fs::write(path, text).map_err(|source| EvalError::Write { path: path.display().to_string(), source })
+    Ok(fs::write(path, text)?)
 }
 
 /// One size of the learning curve.

@@ -10,27 +10,18 @@ use sha2::{Digest, Sha256};
 
 use super::metrics::Grades;
 use crate::store::NewDocument;
+use crate::util::fs::FileError;
 use crate::util::jsonl::{self, CorpusLine};
 
 /// Errors of `duet eval`.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Data(#[from] crate::util::jsonl::JsonlError),
     #[error("{path}:{line}: {message}")]
     BadLine { path: String, line: usize, message: String },
-    #[error("cannot write {path}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::util::fs::FileError),
     #[error("{0}")]
     Invalid(String),
     #[error("cannot serialise the report")]
@@ -96,9 +87,9 @@ pub(crate) fn seeded_order(key: &str, seed: u64) -> [u8; 32] {
 }
 
 pub(crate) fn read_lines(path: &Path) -> Result<Vec<String>, EvalError> {
-    let read_err = |source| EvalError::Read { path: path.display().to_string(), source };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    std::io::BufReader::new(file).lines().collect::<Result<Vec<_>, _>>().map_err(read_err)
+    let read_err = FileError::reading(path);
+    let file = std::fs::File::open(path).map_err(&read_err)?;
+    Ok(std::io::BufReader::new(file).lines().collect::<Result<Vec<_>, _>>().map_err(read_err)?)
 }
 
 /// Reads a qrels file (see the module documentation): `(query id, doc id, grade)`.

@@ -19,6 +19,7 @@ use crate::config::{Config, ModelEntry};
 use crate::encoder::Side;
 use crate::engine::{Engine, SearchQuery};
 use crate::lexical::{Bm25Index, Bm25Params};
+use crate::util::fs;
 
 /// Everything one evaluation needs.
 #[derive(Debug, Clone)]
@@ -178,8 +179,7 @@ async fn open_engine(options: &RunOptions, data: &EvalData) -> Result<std::sync:
     };
     config.validate()?;
     if let Some(parent) = options.cache.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| EvalError::Write { path: parent.display().to_string(), source })?;
+        fs::create_dir_all(parent)?;
     }
     let engine = Engine::open(&config).await?;
     engine.prepare_indexes().await?;
@@ -374,12 +374,12 @@ fn sorted_dirs(engine: &Engine, dirs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), EvalError> {
-    std::fs::write(path, contents).map_err(|source| EvalError::Write { path: path.display().to_string(), source })
+    Ok(fs::write(path, contents)?)
 }
 
 /// Writes `report.json`, `report.md`, `recall_at_k.svg` and `scores.svg` into `out`.
 pub fn write_report(report: &EvalReport, out: &Path) -> Result<(), EvalError> {
-    std::fs::create_dir_all(out).map_err(|source| EvalError::Write { path: out.display().to_string(), source })?;
+    fs::create_dir_all(out)?;
     let json = serde_json::to_string_pretty(report)?;
     write(&out.join("report.json"), &(json + "\n"))?;
     write(&out.join("report.md"), &report::markdown(report))?;

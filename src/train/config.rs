@@ -214,8 +214,7 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Reads a TOML file of hyper-parameters.
     pub fn from_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| TrainError::Read { path: path.display().to_string(), source })?;
+        let text = crate::util::fs::read_to_string(path)?;
         toml::from_str(&text).map_err(|source| TrainError::ConfigFile { path: path.display().to_string(), source })
     }
 

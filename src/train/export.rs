@@ -234,7 +234,7 @@ fn normalise<'a>(input: &'a str, names: [&'a str; 4], output: &'a str) -> Vec<No
 
 /// Writes `bytes` to `path`.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    std::fs::write(path, bytes).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
+    Ok(crate::util::fs::write(path, bytes)?)
 }
 
 /// Writes the model folder `duet serve` loads: `query.onnx` and `document.onnx` (the same graph with shared
@@ -246,7 +246,7 @@ pub fn write_folder(
     model: &TwoTower,
     tok: &tokenizers::Tokenizer,
 ) -> Result<(), TrainError> {
-    std::fs::create_dir_all(out).map_err(|source| TrainError::Write { path: out.display().to_string(), source })?;
+    crate::util::fs::create_dir_all(out)?;
     let doc =
         if config.shared_towers { "duet two-tower model: shared tower" } else { "duet two-tower model: {} tower" };
     write(&out.join("query.onnx"), &tower_to_onnx(&model.query, &doc.replace("{}", "query"))?)?;
@@ -294,7 +294,7 @@ fn write_manifest(out: &Path, name: &str, config: &TrainConfig) -> Result<(), Tr
     let text =
         format!("# Written by `duet train`; the hyper-parameters are in report.json.\n{}", toml::to_string(&manifest)?);
     let path = out.join("model.toml");
-    std::fs::write(&path, text).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
+    Ok(crate::util::fs::write(&path, text)?)
 }
 
 #[cfg(test)]

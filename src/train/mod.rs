@@ -42,20 +42,10 @@ use tower::TwoTower;
 /// Errors of `duet train`.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Data(#[from] JsonlError),
-    #[error("cannot write {path}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::util::fs::FileError),
     #[error("invalid training settings: {0}")]
     Config(String),
     #[error("invalid training settings in {path}")]

@@ -70,7 +70,7 @@ impl TrainReport {
     pub fn write(&self, out: &Path) -> Result<(), TrainError> {
         let path = out.join("report.json");
         let json = serde_json::to_string_pretty(self)? + "\n";
-        std::fs::write(&path, json).map_err(|source| TrainError::Write { path: path.display().to_string(), source })
+        Ok(crate::util::fs::write(&path, json)?)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Leaf helpers every layer may use, and that use nothing of Duet's: the seeded random generator ([`rng`]),
 //! vector normalisation, the one definition of means and quantiles every report uses ([`stats`]), the clock
-//! ([`now`]), error chains for logs and messages, and JSONL reading ([`jsonl`]).
+//! ([`now`]), error chains for logs and messages, file I/O errors that name the file ([`fs`]), and JSONL reading
+//! ([`jsonl`]).
 
+pub mod fs;
 pub mod jsonl;
 pub mod rng;
 pub mod stats;
