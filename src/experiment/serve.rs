@@ -167,94 +167,116 @@ pub async fn search(
         Some(_) => Route::Direct,
         None => experiments.route(body.experiment.as_deref(), unit.as_deref())?,
     };
-    let query = |model: &str| SearchQuery {
-        model: model.to_string(),
-        query: body.query.clone(),
-        k: body.k,
-        ef: body.ef,
-        exact: body.exact,
-    };
-    let snippet_chars = engine.limits.snippet_chars;
-
     let Route::Experiment { experiment, unit_id, plan } = route else {
         let model = body.model.clone().unwrap_or_else(|| engine.default_model().to_string());
-        let result = engine.search(query(&model)).await?;
-        let response = response(&request_id, &result, hits(&result, None, snippet_chars), started, unit);
+        let result = engine.search(query(&body, &model)).await?;
+        let shown = hits(&result, None, engine.limits.snippet_chars);
+        let response = response(&request_id, &result, shown, started, unit);
         return Ok(Served { served_by: result.model.name.clone(), response });
     };
-
+    let searching = Searching { engine, experiments, experiment, unit_id, request_id, body: &body, started };
     match plan {
-        Plan::Arm { index, logged } => {
-            let arm = &experiment.arms[index];
-            let result = engine.search(query(&arm.model)).await?;
-            let shown = hits(&result, Some(&arm.name), snippet_chars);
-            let mut response = response(&request_id, &result, shown, started, Some(unit_id.clone()));
-            let logged = logged
-                && log_exposure(
-                    experiments,
-                    &experiment,
-                    &request_id,
-                    &unit_id,
-                    Some(&arm.name),
-                    &body.query,
-                    &response,
-                );
-            tag(&mut response, &experiment, Some(&arm.name), vec![arm.name.clone()], logged);
-            Ok(Served { served_by: result.model.name.clone(), response })
-        }
-        Plan::Shadow => {
-            let (primary, shadow) = (&experiment.arms[0], &experiment.arms[1]);
-            let result = engine.search(query(&primary.model)).await?;
-            let served_ids = ranked_ids(&result);
-            let shown = hits(&result, Some(&primary.name), snippet_chars);
-            let mut response = response(&request_id, &result, shown, started, Some(unit_id.clone()));
-            let logged = log_exposure(
-                experiments,
-                &experiment,
-                &request_id,
-                &unit_id,
-                Some(&primary.name),
-                &body.query,
-                &response,
+        Plan::Arm { index, logged } => searching.one_arm(index, logged).await,
+        Plan::Shadow => searching.shadowed().await,
+        Plan::Interleave => searching.interleaved().await,
+    }
+}
+
+fn query(body: &SearchRequest, model: &str) -> SearchQuery {
+    SearchQuery { model: model.to_string(), query: body.query.clone(), k: body.k, ef: body.ef, exact: body.exact }
+}
+
+/// A search under an experiment, with what each plan needs.
+struct Searching<'a> {
+    engine: &'a Arc<Engine>,
+    experiments: &'a Arc<Experiments>,
+    experiment: Arc<Experiment>,
+    unit_id: String,
+    request_id: String,
+    body: &'a SearchRequest,
+    started: Instant,
+}
+
+impl Searching<'_> {
+    fn query(&self, model: &str) -> SearchQuery {
+        query(self.body, model)
+    }
+
+    fn hits(&self, result: &SearchResult, arm: &str) -> Vec<SearchHit> {
+        hits(result, Some(arm), self.engine.limits.snippet_chars)
+    }
+
+    fn response(&self, result: &SearchResult, shown: Vec<SearchHit>) -> SearchResponse {
+        response(&self.request_id, result, shown, self.started, Some(self.unit_id.clone()))
+    }
+
+    /// Queues the exposure (never waits); false when the queue was full.
+    fn log(&self, arm: Option<&str>, response: &SearchResponse) -> bool {
+        log_exposure(
+            self.experiments,
+            &self.experiment,
+            &self.request_id,
+            &self.unit_id,
+            arm,
+            &self.body.query,
+            response,
+        )
+    }
+
+    /// One arm serves: the unit's A/B arm, or the control of an experiment that is not running (not logged).
+    async fn one_arm(self, index: usize, logged: bool) -> Result<Served, ExperimentError> {
+        let arm = &self.experiment.arms[index];
+        let result = self.engine.search(self.query(&arm.model)).await?;
+        let mut response = self.response(&result, self.hits(&result, &arm.name));
+        let logged = logged && self.log(Some(&arm.name), &response);
+        tag(&mut response, &self.experiment, Some(&arm.name), vec![arm.name.clone()], logged);
+        Ok(Served { served_by: result.model.name.clone(), response })
+    }
+
+    /// The first arm serves; once its exposure is logged, the second searches off the request path.
+    async fn shadowed(self) -> Result<Served, ExperimentError> {
+        let (primary, shadow) = (&self.experiment.arms[0], &self.experiment.arms[1]);
+        let result = self.engine.search(self.query(&primary.model)).await?;
+        let mut response = self.response(&result, self.hits(&result, &primary.name));
+        let logged = self.log(Some(&primary.name), &response);
+        tag(&mut response, &self.experiment, Some(&primary.name), vec![primary.name.clone()], logged);
+        if logged {
+            spawn_shadow(
+                self.engine,
+                self.experiments,
+                self.experiment.clone(),
+                shadow.name.clone(),
+                self.query(&shadow.model),
+                self.request_id.clone(),
+                ranked_ids(&result),
             );
-            tag(&mut response, &experiment, Some(&primary.name), vec![primary.name.clone()], logged);
-            if logged {
-                spawn_shadow(
-                    engine,
-                    experiments,
-                    experiment.clone(),
-                    shadow.name.clone(),
-                    query(&shadow.model),
-                    request_id.clone(),
-                    served_ids,
-                );
-            }
-            Ok(Served { served_by: result.model.name.clone(), response })
         }
-        Plan::Interleave => {
-            let (a, b) = (&experiment.arms[0], &experiment.arms[1]);
-            let (ra, rb) = tokio::join!(engine.search(query(&a.model)), engine.search(query(&b.model)));
-            let (ra, rb) = (ra?, rb?);
-            let merged = team_draft(&ranked_ids(&ra), &ranked_ids(&rb), body.k, seed_of(&request_id));
-            let (ha, hb) = (hits(&ra, Some(&a.name), snippet_chars), hits(&rb, Some(&b.name), snippet_chars));
-            let mut pool: std::collections::HashMap<(usize, String), SearchHit> = ha
-                .into_iter()
-                .map(|h| ((0, h.id.clone()), h))
-                .chain(hb.into_iter().map(|h| ((1, h.id.clone()), h)))
-                .collect();
-            let shown: Vec<SearchHit> = merged.into_iter().filter_map(|(id, team)| pool.remove(&(team, id))).collect();
-            let mut response = response(&request_id, &ra, shown, started, Some(unit_id.clone()));
-            response.model = None;
-            response.model_version = None;
-            response.query_truncated = ra.query_truncated || rb.query_truncated;
-            response.timings_ms.encode_ms = ms(ra.encode_seconds.max(rb.encode_seconds));
-            response.timings_ms.search_ms = ms(ra.search_seconds.max(rb.search_seconds));
-            response.timings_ms.fetch_ms = ms(ra.fetch_seconds.max(rb.fetch_seconds));
-            let logged = log_exposure(experiments, &experiment, &request_id, &unit_id, None, &body.query, &response);
-            tag(&mut response, &experiment, None, vec![a.name.clone(), b.name.clone()], logged);
-            let label = format!("{}+{}", a.model, b.model);
-            Ok(Served { served_by: label, response })
-        }
+        Ok(Served { served_by: result.model.name.clone(), response })
+    }
+
+    /// Both arms search concurrently; their rankings are merged by team-draft, seeded by the request id.
+    async fn interleaved(self) -> Result<Served, ExperimentError> {
+        let (a, b) = (&self.experiment.arms[0], &self.experiment.arms[1]);
+        let (ra, rb) = tokio::join!(self.engine.search(self.query(&a.model)), self.engine.search(self.query(&b.model)));
+        let (ra, rb) = (ra?, rb?);
+        let merged = team_draft(&ranked_ids(&ra), &ranked_ids(&rb), self.body.k, seed_of(&self.request_id));
+        let mut pool: std::collections::HashMap<(usize, String), SearchHit> = self
+            .hits(&ra, &a.name)
+            .into_iter()
+            .map(|h| ((0, h.id.clone()), h))
+            .chain(self.hits(&rb, &b.name).into_iter().map(|h| ((1, h.id.clone()), h)))
+            .collect();
+        let shown: Vec<SearchHit> = merged.into_iter().filter_map(|(id, team)| pool.remove(&(team, id))).collect();
+        let mut response = self.response(&ra, shown);
+        response.model = None;
+        response.model_version = None;
+        response.query_truncated = ra.query_truncated || rb.query_truncated;
+        response.timings_ms.encode_ms = ms(ra.encode_seconds.max(rb.encode_seconds));
+        response.timings_ms.search_ms = ms(ra.search_seconds.max(rb.search_seconds));
+        response.timings_ms.fetch_ms = ms(ra.fetch_seconds.max(rb.fetch_seconds));
+        let logged = self.log(None, &response);
+        tag(&mut response, &self.experiment, None, vec![a.name.clone(), b.name.clone()], logged);
+        Ok(Served { served_by: format!("{}+{}", a.model, b.model), response })
     }
 }
 
