@@ -13,7 +13,7 @@
 //! Training is deterministic for a given seed and thread count: every random draw comes from [`Rng`].
 //!
 //! It may use [`crate::util`], [`crate::lexical`] (BM25 for hard negatives) and [`crate::encoder`]'s types; never
-//! [`crate::eval`], which uses it.
+//! the evaluation module, which uses it (its learning curves train models).
 
 pub mod config;
 pub mod data;
