@@ -12,12 +12,8 @@ use crate::index::IndexParams;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::util::fs::FileError),
     #[error("invalid config {path}")]
     Parse {
         path: String,
@@ -183,8 +179,7 @@ impl Default for Config {
 impl Config {
     /// Reads a config file, resolving its relative paths against the file's folder.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = crate::util::fs::read_to_string(path)?;
         let mut config: Config =
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));

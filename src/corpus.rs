@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{validate_document, Engine, EngineError};
 use crate::store::{content_hash, NewDocument};
+use crate::util::fs::FileError;
 
 /// One corpus line.
 #[derive(Debug, Deserialize)]
@@ -45,12 +46,8 @@ impl ImportReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read corpus {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -63,8 +60,8 @@ pub async fn import_jsonl(
     batch_size: usize,
     mut on_batch: impl FnMut(&ImportReport, u64),
 ) -> Result<ImportReport, ImportError> {
-    let read_err = |source| ImportError::Read { path: path.display().to_string(), source };
-    let file = std::fs::File::open(path).map_err(read_err)?;
+    let read_err = FileError::reading(path);
+    let file = std::fs::File::open(path).map_err(&read_err)?;
     let mut reader = std::io::BufReader::new(file);
     let mut report = ImportReport::default();
     let mut batch: Vec<NewDocument> = Vec::new();
@@ -73,7 +70,7 @@ pub async fn import_jsonl(
     let batch_size = batch_size.clamp(1, engine.limits.max_batch);
     loop {
         line.clear();
-        let n = reader.read_line(&mut line).map_err(read_err)?;
+        let n = reader.read_line(&mut line).map_err(&read_err)?;
         if n == 0 {
             break;
         }

@@ -16,7 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["util"]),
     ("index", &["util"]),
     ("encoder", &["metrics", "util"]),
-    ("config", &["encoder", "index"]),
+    ("config", &["encoder", "index", "util"]),
     ("engine", &["config", "encoder", "index", "metrics", "store", "util"]),
     ("corpus", &["engine", "store", "util"]),
     ("train", &["encoder", "lexical", "util"]),

@@ -79,12 +79,8 @@ impl std::fmt::Display for VerifyReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("cannot read the reference {}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::util::fs::FileError),
     #[error("the reference {} is not valid", .path.display())]
     Parse {
         path: PathBuf,
@@ -101,7 +97,7 @@ pub enum VerifyError {
 /// reference vectors (`dir/reference.json` unless `reference` names another file).
 pub fn verify(dir: &Path, reference: Option<&Path>, onnxruntime: Option<&Path>) -> Result<VerifyReport, VerifyError> {
     let path = reference.map(Path::to_path_buf).unwrap_or_else(|| dir.join("reference.json"));
-    let text = std::fs::read_to_string(&path).map_err(|source| VerifyError::Read { path: path.clone(), source })?;
+    let text = crate::util::fs::read_to_string(&path)?;
     let reference: Reference =
         serde_json::from_str(&text).map_err(|source| VerifyError::Parse { path: path.clone(), source })?;
     if reference.texts.len() != reference.vectors.len() || reference.texts.is_empty() {
