@@ -52,6 +52,29 @@ pub struct Config {
     /// The exposure log and shadow searches of live experiments.
     #[serde(default)]
     pub experiments: ExperimentSettings,
+    /// Evaluation jobs (`POST /v1/eval` with more than 100 pairs).
+    #[serde(default)]
+    pub eval: EvalSettings,
+}
+
+/// Bounds on evaluation jobs (`[eval]`): they run in the background, below live traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSettings {
+    /// Jobs queued or running at most; beyond it new ones are refused with 429.
+    pub max_jobs: usize,
+    /// Jobs running at once; the others wait, queued.
+    pub concurrency: usize,
+    /// Seconds a finished job's result stays available.
+    pub job_ttl_secs: u64,
+    /// Finished jobs kept at most; the oldest are forgotten first.
+    pub kept_jobs: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self { max_jobs: 8, concurrency: 1, job_ttl_secs: 3600, kept_jobs: 64 }
+    }
 }
 
 /// Settings of live experiments (`[experiments]`).
@@ -172,6 +195,7 @@ impl Default for Config {
             encoder: EncoderSettings::default(),
             models: Vec::new(),
             experiments: ExperimentSettings::default(),
+            eval: EvalSettings::default(),
         }
     }
 }
@@ -221,6 +245,10 @@ impl Config {
                 "[experiments] exposure_queue, exposure_batch and shadow_concurrency must be positive".into(),
             ));
         }
+        let v = &self.eval;
+        if v.max_jobs == 0 || v.concurrency == 0 || v.kept_jobs == 0 {
+            return Err(ConfigError::Invalid("[eval] max_jobs, concurrency and kept_jobs must be positive".into()));
+        }
         for m in &self.models {
             let p = &m.index;
             if p.m < 2 || p.m > 255 || p.ef_construction == 0 || p.ef_search == 0 {
@@ -265,6 +293,7 @@ mod tests {
         example.validate().unwrap();
         assert_eq!(example.limits, Limits::default());
         assert_eq!(example.experiments, ExperimentSettings::default());
+        assert_eq!(example.eval, EvalSettings::default());
         Config::from_file(&root.join("duet.toml")).unwrap().validate().unwrap();
         let mut zero = example;
         zero.experiments.exposure_queue = 0;

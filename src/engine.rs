@@ -17,6 +17,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 
 use crate::config::{Config, Limits};
+pub use crate::encoder::Priority;
 use crate::encoder::{self, EncoderError, EncoderHandle, Manifest, ModelInfo, Side};
 use crate::index::{Hit, IndexError, IndexParams, SearchMethod, VectorIndex};
 use crate::metrics::Metrics;
@@ -95,6 +96,8 @@ pub struct SearchQuery {
     pub k: usize,
     pub ef: Option<usize>,
     pub exact: bool,
+    /// Live traffic, or background work (evaluation jobs) that waits for it.
+    pub priority: Priority,
 }
 
 pub struct Engine {
@@ -387,7 +390,7 @@ impl Engine {
     pub async fn search(&self, q: SearchQuery) -> Result<SearchResult, EngineError> {
         let model = self.ready_model(&q.model)?;
         let started = Instant::now();
-        let encoded = model.encoder.encode(vec![q.query], Side::Query).await?;
+        let encoded = model.encoder.encode_with(vec![q.query], Side::Query, q.priority).await?;
         let encode_seconds = started.elapsed().as_secs_f64();
         let query_truncated = encoded.truncated.first().copied().unwrap_or(false);
         let vector = encoded.vectors.into_iter().next().unwrap_or_default();

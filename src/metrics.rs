@@ -33,6 +33,8 @@ pub struct Metrics {
     pub interleave_outcomes: IntGaugeVec,
     pub shadow_overlap: HistogramVec,
     pub shadow_skipped: IntCounterVec,
+    pub eval_jobs: IntGaugeVec,
+    pub eval_jobs_ended: IntCounterVec,
     /// Every metric family registered, with its label names — also those with no series yet (Prometheus' text
     /// format omits a labelled family until it has one). Dashboards and alert rules are checked against it.
     pub families: Vec<Family>,
@@ -186,6 +188,13 @@ impl Metrics {
                 "experiment_shadow_skipped_total",
                 "Shadow searches not run (too many in flight) or failed.",
                 &["experiment", "reason"],
+            ),
+            eval_jobs: gauge("eval_jobs", "Evaluation jobs now, by state (queued, running).", &["state"]),
+            eval_jobs_ended: counter(
+                "eval_jobs_total",
+                "Evaluation jobs by how they ended: done, failed, cancelled, refused (over `max_jobs`), expired \
+                 (forgotten after `job_ttl_secs` or beyond `kept_jobs`).",
+                &["outcome"],
             ),
             families: families.into_inner(),
             registry,

@@ -63,7 +63,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let app = crate::api::router(crate::api::AppState {
         engine: engine.clone(),
         experiments: experiments.clone(),
-        eval_jobs: Default::default(),
+        eval_jobs: Arc::new(crate::eval::live::EvalJobs::new(config.eval, engine.metrics.clone())),
     });
     let serve = tokio::spawn(async move {
         axum::serve(listener, app)

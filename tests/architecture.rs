@@ -21,7 +21,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("corpus", &["engine", "store", "util"]),
     ("train", &["encoder", "lexical", "util"]),
     ("experiment", &["config", "engine", "index", "metrics", "store", "util"]),
-    ("eval", &["config", "corpus", "encoder", "engine", "index", "lexical", "store", "train", "util"]),
+    ("eval", &["config", "corpus", "encoder", "engine", "index", "lexical", "metrics", "store", "train", "util"]),
     ("api", &["config", "encoder", "engine", "eval", "experiment", "index", "metrics", "store", "util"]),
     ("server", &["api", "config", "corpus", "engine", "eval", "experiment", "util"]),
 ];

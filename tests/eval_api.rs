@@ -1,5 +1,6 @@
 //! `POST /v1/eval` over HTTP: scores equal to what `/v1/search` itself returns, graded pairs, unknown documents
-//! reported, large sets as a pollable job, and client mistakes as 4xx.
+//! reported, large sets as a pollable job (bounded in number, cancellable, forgotten after a TTL), and client
+//! mistakes as 4xx.
 
 mod common;
 
@@ -82,16 +83,7 @@ async fn eval_scores_posted_pairs_against_the_live_indexes() {
         .unwrap();
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let job = loop {
-        let (status, job) = server.get(&location).await;
-        assert_eq!(status, 200, "{job}");
-        if job["status"] != "running" {
-            break job;
-        }
-        assert!(Instant::now() < deadline, "job not done in 60 s: {job}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let job = poll(&server, location.trim_start_matches("/v1/eval/")).await;
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!((job["done"].as_u64(), job["total"].as_u64()), (Some(12), Some(12)), "12 distinct queries × 1 model");
     assert_eq!(server.get("/v1/eval/no-such-job").await.0, 404);
@@ -101,5 +93,98 @@ async fn eval_scores_posted_pairs_against_the_live_indexes() {
     assert_eq!(server.post("/v1/eval", &json!({"pairs": pairs, "models": ["nope"]})).await.0, 404);
     assert_eq!(server.post("/v1/eval", &json!({"pairs": pairs, "k": [0]})).await.0, 422);
     assert_eq!(server.post("/v1/eval", &json!({"pairs": [{"query": " ", "doc_id": "x"}]})).await.0, 422);
+    server.stop().await;
+}
+
+/// Polls a job until it has finished.
+async fn poll(server: &TestServer, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, job) = server.get(&format!("/v1/eval/{id}")).await;
+        assert_eq!(status, 200, "{job}");
+        if !["queued", "running"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job not done in 60 s: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `n` pairs with distinct queries, over the sample corpus' ids.
+fn many_pairs(n: usize) -> Vec<Value> {
+    let ids: Vec<Value> = sample_corpus().iter().map(|d| d["id"].clone()).collect();
+    (0..n).map(|i| json!({"query": format!("how to parse item {i}"), "doc_id": ids[i % ids.len()]})).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_jobs_are_bounded_cancellable_and_leave_live_searches_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("duet.db"));
+    config.eval.max_jobs = 1;
+    let server = TestServer::start(config).await;
+    assert_eq!(server.post("/v1/documents", &json!({"documents": sample_corpus()})).await.0, 200);
+
+    // 20,000 queries × 3 models: a job that runs far longer than this test's next few requests.
+    let (status, job) = server.post("/v1/eval", &json!({"pairs": many_pairs(20_000)})).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    assert!(["queued", "running"].contains(&job["status"].as_str().unwrap()), "{job}");
+
+    // The limit: one job queued or running.
+    let refused = server.client.post(server.url("/v1/eval")).json(&json!({"pairs": many_pairs(200)})).send().await;
+    let refused = refused.unwrap();
+    assert_eq!(refused.status().as_u16(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(refused.headers()["content-type"], "application/problem+json");
+    let (_, problem) = common::read(refused).await;
+    assert_eq!(problem["type"], "/problems/too-many-jobs", "{problem}");
+
+    // Live searches are answered while the job runs (its searches wait behind them in the encoders' queues).
+    let (status, found) = server.post("/v1/search", &json!({"query": "parse a date", "k": 3})).await;
+    assert_eq!(status, 200, "{found}");
+
+    // Cancelled: gone at once, its task stopped, and the slot free again.
+    assert_eq!(server.delete(&format!("/v1/eval/{id}")).await, 204);
+    assert_eq!(server.get(&format!("/v1/eval/{id}")).await.0, 404);
+    assert_eq!(server.delete(&format!("/v1/eval/{id}")).await, 404);
+    let metrics = server.metrics().await;
+    assert_eq!(common::metric(&metrics, "duet_eval_jobs{state=\"running\"}"), 0.0, "{metrics}");
+    assert_eq!(common::metric(&metrics, "duet_eval_jobs{state=\"queued\"}"), 0.0);
+    assert_eq!(common::metric(&metrics, "duet_eval_jobs_total{outcome=\"cancelled\"}"), 1.0);
+    assert_eq!(common::metric(&metrics, "duet_eval_jobs_total{outcome=\"refused\"}"), 1.0);
+
+    let (status, job) = server.post("/v1/eval", &json!({"pairs": many_pairs(150)})).await;
+    assert_eq!(status, 202, "{job}");
+    let done = poll(&server, job["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["done"], done["total"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_forgotten_after_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(&dir.path().join("duet.db"));
+    config.eval.job_ttl_secs = 0;
+    let server = TestServer::start(config).await;
+    assert_eq!(server.post("/v1/documents", &json!({"documents": sample_corpus()})).await.0, 200);
+    let (status, job) = server.post("/v1/eval", &json!({"pairs": many_pairs(150), "models": ["tiny-encoder"]})).await;
+    assert_eq!(status, 202, "{job}");
+    let path = format!("/v1/eval/{}", job["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // With a TTL of 0 the job is visible while it runs and gone as soon as it has finished.
+    loop {
+        let (status, body) = server.get(&path).await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(["queued", "running"].contains(&body["status"].as_str().unwrap()), "{body}");
+        assert!(Instant::now() < deadline, "job not finished within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = server.metrics().await;
+    assert_eq!(common::metric(&metrics, "duet_eval_jobs_total{outcome=\"done\"}"), 1.0, "{metrics}");
+    assert_eq!(common::metric(&metrics, "duet_eval_jobs_total{outcome=\"expired\"}"), 1.0);
     server.stop().await;
 }

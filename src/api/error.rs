@@ -147,6 +147,9 @@ impl From<LiveEvalError> for ApiError {
             LiveEvalError::Invalid(_) => ApiError::invalid(err.to_string()),
             LiveEvalError::TooLarge(_) => ApiError::too_large(err.to_string()),
             LiveEvalError::UnknownJob(_) => ApiError::not_found("unknown-eval-job", err.to_string()),
+            LiveEvalError::TooManyJobs { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too-many-jobs", err.to_string()).retry_after(10)
+            }
             LiveEvalError::Engine(err) => err.into(),
         }
     }

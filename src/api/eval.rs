@@ -1,5 +1,6 @@
 //! `/v1/eval`: score the live models on posted pairs ([`crate::eval::live`]). A small set is answered at once
-//! (`200`); a larger one becomes a job: `202 Accepted` with a `Location` to poll (`GET /v1/eval/{id}`).
+//! (`200`); a larger one becomes a job: `202 Accepted` with a `Location` to poll (`GET /v1/eval/{id}`) or cancel
+//! (`DELETE /v1/eval/{id}`); beyond `[eval] max_jobs` queued or running, `429`.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -22,4 +23,10 @@ pub async fn start(State(state): State<AppState>, ApiJson(body): ApiJson<EvalReq
 
 pub async fn get_job(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
     Ok(axum::Json(state.eval_jobs.view(&id)?).into_response())
+}
+
+/// `DELETE /v1/eval/{id}`: stops a queued or running job at once, or forgets a finished one.
+pub async fn cancel(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    state.eval_jobs.cancel(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -68,6 +68,7 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("POST", "/v1/feedback", post(feedback::record)),
         ("POST", "/v1/eval", post(eval::start)),
         ("GET", "/v1/eval/{id}", get(eval::get_job)),
+        ("DELETE", "/v1/eval/{id}", delete(eval::cancel)),
     ]
 }
 

@@ -16,7 +16,7 @@ pub mod verify;
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{Manifest, ModelKind, ModelRole, PaddingSide, Pooling};
-pub use queue::EncoderHandle;
+pub use queue::{EncoderHandle, Priority};
 
 /// Which side of the retrieval problem a text is on. Two-tower models run a different network per side;
 /// single-network models apply a different prefix per side.

@@ -3,9 +3,14 @@
 //! (sorted by length, so short texts are not padded to long ones). The queue is bounded: when it is full, callers
 //! get [`EncoderError::Overloaded`] at once (load shedding) instead of waiting without limit.
 //!
+//! Requests come in two [`Priority`] lanes: live traffic (searches, upserts, embeds) is always taken before
+//! background work (evaluation jobs), which only gets the thread when no live request waits.
+//!
 //! Dropping every [`EncoderHandle`] closes the queue; the thread finishes the jobs already queued and exits, which
 //! is what a zero-downtime model swap needs.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,9 +34,20 @@ impl Default for QueueOptions {
     }
 }
 
+/// Which lane a request waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// A client waits for it: searches, upserts, embeds.
+    #[default]
+    Live,
+    /// Evaluation jobs: served only when no live request waits.
+    Background,
+}
+
 struct Job {
     texts: Vec<String>,
     side: Side,
+    priority: Priority,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Encoded, EncoderError>>,
 }
@@ -40,8 +56,10 @@ struct Job {
 #[derive(Clone)]
 pub struct EncoderHandle {
     info: Arc<ModelInfo>,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::UnboundedSender<Job>,
     capacity: usize,
+    /// Requests sent and not yet taken into a batch: the queue's bound is on this count.
+    waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -50,87 +68,148 @@ impl EncoderHandle {
     pub fn spawn(encoder: Box<dyn Encoder>, options: QueueOptions, metrics: Arc<Metrics>) -> Self {
         let info = Arc::new(encoder.info().clone());
         let capacity = options.capacity.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
-        let worker_metrics = metrics.clone();
-        let max_batch = options.max_batch.max(1);
+        // Unbounded as a channel, bounded by `waiting`: the worker drains it into its two lanes to see live
+        // requests queued behind background ones.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let worker =
+            Worker { encoder, max_batch: options.max_batch.max(1), waiting: waiting.clone(), metrics: metrics.clone() };
         std::thread::Builder::new()
             .name(format!("encode-{}", info.name))
-            .spawn(move || run_worker(encoder, rx, max_batch, worker_metrics))
+            .spawn(move || worker.run(rx))
             .expect("spawning an encoder thread");
-        Self { info, tx, capacity, metrics }
+        Self { info, tx, capacity, waiting, metrics }
     }
 
     pub fn info(&self) -> &Arc<ModelInfo> {
         &self.info
     }
 
-    /// Encodes `texts` for `side`, waiting for the model's thread.
+    /// Encodes `texts` for `side` as live traffic, waiting for the model's thread.
     pub async fn encode(&self, texts: Vec<String>, side: Side) -> Result<Encoded, EncoderError> {
+        self.encode_with(texts, side, Priority::Live).await
+    }
+
+    /// Encodes `texts` for `side` in the lane of `priority`.
+    pub async fn encode_with(
+        &self,
+        texts: Vec<String>,
+        side: Side,
+        priority: Priority,
+    ) -> Result<Encoded, EncoderError> {
         if texts.is_empty() {
             return Ok(Encoded::default());
         }
-        let (reply, response) = oneshot::channel();
-        let job = Job { texts, side, enqueued: Instant::now(), reply };
         let model = &self.info.name;
-        match self.tx.try_send(job) {
-            Ok(()) => self.metrics.encode_queue_depth.with_label_values(&[model]).inc(),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.encode_rejected.with_label_values(&[model]).inc();
-                return Err(EncoderError::Overloaded { model: model.clone(), capacity: self.capacity });
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(EncoderError::Stopped { model: model.clone() }),
+        let admitted = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1))
+            .is_ok();
+        if !admitted {
+            self.metrics.encode_rejected.with_label_values(&[model]).inc();
+            return Err(EncoderError::Overloaded { model: model.clone(), capacity: self.capacity });
+        }
+        let (reply, response) = oneshot::channel();
+        let job = Job { texts, side, priority, enqueued: Instant::now(), reply };
+        let depth = self.metrics.encode_queue_depth.with_label_values(&[model]);
+        depth.inc();
+        if self.tx.send(job).is_err() {
+            depth.dec();
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(EncoderError::Stopped { model: model.clone() });
         }
         response.await.unwrap_or_else(|_| Err(EncoderError::Stopped { model: model.clone() }))
     }
 }
 
-fn run_worker(encoder: Box<dyn Encoder>, mut rx: mpsc::Receiver<Job>, max_batch: usize, metrics: Arc<Metrics>) {
-    let model = encoder.info().name.clone();
-    let depth = metrics.encode_queue_depth.with_label_values(&[&model]);
-    let mut held_back: Option<Job> = None;
-    loop {
-        let first = match held_back.take() {
-            Some(job) => job,
-            None => match rx.blocking_recv() {
-                Some(job) => {
-                    depth.dec();
-                    job
-                }
-                None => break,
-            },
-        };
-        // Merge whatever else is already waiting for the same side, up to one batch of texts.
+/// The model's thread: its encoder and the two lanes of waiting requests.
+struct Worker {
+    encoder: Box<dyn Encoder>,
+    max_batch: usize,
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+/// Requests received from the channel and not yet encoded, by priority.
+#[derive(Default)]
+struct Lanes {
+    live: VecDeque<Job>,
+    background: VecDeque<Job>,
+}
+
+impl Lanes {
+    fn push(&mut self, job: Job) {
+        match job.priority {
+            Priority::Live => self.live.push_back(job),
+            Priority::Background => self.background.push_back(job),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.background.is_empty()
+    }
+
+    /// The next batch: the oldest request of the first non-empty lane, with the later requests of that lane for
+    /// the same side, up to `max_batch` texts.
+    fn next_batch(&mut self, max_batch: usize) -> Vec<Job> {
+        let lane = if self.live.is_empty() { &mut self.background } else { &mut self.live };
+        let Some(first) = lane.pop_front() else { return Vec::new() };
         let side = first.side;
         let mut texts_taken = first.texts.len();
-        let mut jobs = vec![first];
-        while texts_taken < max_batch {
-            match rx.try_recv() {
-                Ok(job) => {
-                    depth.dec();
-                    if job.side != side {
-                        held_back = Some(job);
-                        break;
-                    }
-                    texts_taken += job.texts.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
+        let mut batch = vec![first];
+        let mut i = 0;
+        while texts_taken < max_batch && i < lane.len() {
+            if lane[i].side == side {
+                let job = lane.remove(i).expect("index checked");
+                texts_taken += job.texts.len();
+                batch.push(job);
+            } else {
+                i += 1;
             }
         }
-        // Callers that gave up (timeout, disconnect) are not worth computing for.
-        jobs.retain(|job| !job.reply.is_closed());
-        if jobs.is_empty() {
-            continue;
+        batch
+    }
+}
+
+impl Worker {
+    fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let model = self.encoder.info().name.clone();
+        let depth = self.metrics.encode_queue_depth.with_label_values(&[&model]);
+        let mut lanes = Lanes::default();
+        loop {
+            if lanes.is_empty() {
+                match rx.blocking_recv() {
+                    Some(job) => lanes.push(job),
+                    None => break,
+                }
+            }
+            while let Ok(job) = rx.try_recv() {
+                lanes.push(job);
+            }
+            let mut jobs = lanes.next_batch(self.max_batch);
+            self.waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
+            depth.sub(jobs.len() as i64);
+            // Callers that gave up (timeout, disconnect, cancelled job) are not worth computing for.
+            jobs.retain(|job| !job.reply.is_closed());
+            if jobs.is_empty() {
+                continue;
+            }
+            self.encode(&model, jobs);
         }
+        tracing::debug!(model, "encoder thread stopped");
+    }
+
+    /// Encodes one batch of requests and answers each.
+    fn encode(&self, model: &str, jobs: Vec<Job>) {
+        let side = jobs[0].side;
         for job in &jobs {
-            metrics.encode_queue_wait.with_label_values(&[&model]).observe(job.enqueued.elapsed().as_secs_f64());
+            self.metrics.encode_queue_wait.with_label_values(&[model]).observe(job.enqueued.elapsed().as_secs_f64());
         }
         let texts: Vec<&String> = jobs.iter().flat_map(|j| j.texts.iter()).collect();
-        let result = encode_in_batches(encoder.as_ref(), &texts, side, max_batch, &metrics);
-        match result {
+        match encode_in_batches(self.encoder.as_ref(), &texts, side, self.max_batch, &self.metrics) {
             Ok(mut all) => {
                 let truncated = all.truncated.iter().filter(|&&t| t).count() as u64;
-                metrics.truncated_inputs.with_label_values(&[&model, side.as_str()]).inc_by(truncated);
+                self.metrics.truncated_inputs.with_label_values(&[model, side.as_str()]).inc_by(truncated);
                 // Hand each job its slice, in order.
                 let mut vectors = all.vectors.drain(..);
                 let mut flags = all.truncated.drain(..);
@@ -150,7 +229,6 @@ fn run_worker(encoder: Box<dyn Encoder>, mut rx: mpsc::Receiver<Job>, max_batch:
             }
         }
     }
-    tracing::debug!(model, "encoder thread stopped");
 }
 
 /// Encodes `texts` in inference calls of at most `max_batch`, grouping texts of similar length, and returns the
@@ -198,6 +276,8 @@ mod tests {
         info: ModelInfo,
         calls: Arc<AtomicUsize>,
         batches: Arc<parking_lot::Mutex<Vec<usize>>>,
+        /// Held by a test to keep the thread busy in a call until it lets go.
+        hold: Arc<parking_lot::Mutex<()>>,
     }
 
     impl Encoder for Recorder {
@@ -207,6 +287,7 @@ mod tests {
         fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
             let call = self.calls.fetch_add(1, Ordering::SeqCst);
             self.batches.lock().push(texts.len());
+            drop(self.hold.lock());
             std::thread::sleep(std::time::Duration::from_millis(20));
             let side_mark = if side == Side::Query { 1.0 } else { -1.0 };
             Ok(Encoded {
@@ -232,7 +313,8 @@ mod tests {
             query_template: None,
             document_template: None,
         };
-        (Recorder { info, calls: Arc::new(AtomicUsize::new(0)), batches: batches.clone() }, batches)
+        let hold = Arc::new(parking_lot::Mutex::new(()));
+        (Recorder { info, calls: Arc::new(AtomicUsize::new(0)), batches: batches.clone(), hold }, batches)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,5 +375,50 @@ mod tests {
             }
         }
         assert!(overloaded > 0, "a queue of 2 cannot hold 12 requests");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_requests_overtake_background_ones() {
+        let (enc, batches) = recorder();
+        let hold = enc.hold.clone();
+        let handle = EncoderHandle::spawn(
+            Box::new(enc),
+            QueueOptions { max_batch: 64, capacity: 100 },
+            Arc::new(Metrics::new()),
+        );
+        // Occupy the thread, then queue background work first and live work after it.
+        let busy = hold.lock();
+        let first = tokio::spawn({
+            let h = handle.clone();
+            async move { h.encode(vec!["x".into()], Side::Query).await }
+        });
+        while batches.lock().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let background = tokio::spawn({
+            let h = handle.clone();
+            async move { h.encode_with(vec!["bb".into()], Side::Query, Priority::Background).await }
+        });
+        while handle.waiting.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let live = tokio::spawn({
+            let h = handle.clone();
+            async move { h.encode(vec!["lll".into()], Side::Query).await }
+        });
+        while handle.waiting.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(busy);
+        first.await.unwrap().unwrap();
+        let (background, live) = (background.await.unwrap().unwrap(), live.await.unwrap().unwrap());
+        // The second coordinate is the inference call that encoded the text.
+        assert!(
+            live.vectors[0][1] < background.vectors[0][1],
+            "the live request must be encoded first (live call {}, background call {})",
+            live.vectors[0][1],
+            background.vectors[0][1]
+        );
+        assert_eq!(handle.waiting.load(Ordering::Acquire), 0, "nothing is left waiting");
     }
 }

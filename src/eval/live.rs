@@ -1,19 +1,23 @@
 //! Live evaluation (`/v1/eval`): score the served models on posted (query, relevant document) pairs, through the
-//! same search path as `/v1/search` and against the live indexes. Small sets (up to [`SYNC_PAIRS`] pairs) are
-//! answered at once; larger ones become a job to poll, kept in memory (the last [`KEPT_JOBS`]; a restart forgets
-//! them). Uses [`crate::engine`] for the searches, [`super::metrics`] and [`super::stats`] for the scores.
+//! same search path as `/v1/search` and against the live indexes, below live traffic. Small sets (up to
+//! [`SYNC_PAIRS`] pairs) are answered at once; larger ones become a job to poll or cancel, kept in memory within
+//! the bounds of `[eval]` (a restart forgets them). Uses [`crate::engine`] for the searches, [`super::metrics`] and [`super::stats`] for the scores.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
 
 use super::metrics::{ndcg_at, recall_at, reciprocal_rank};
 use super::stats::bootstrap_ci;
-use crate::engine::{Engine, EngineError, SearchQuery};
+use crate::config::EvalSettings;
+use crate::engine::{Engine, EngineError, Priority, SearchQuery};
+use crate::metrics::Metrics;
 use crate::util::stats::{quantile, Estimate};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,8 +26,10 @@ pub enum LiveEvalError {
     Invalid(String),
     #[error("{0}")]
     TooLarge(String),
-    #[error("no evaluation job `{0}` (jobs are kept in memory)")]
+    #[error("no evaluation job `{0}` (jobs are kept in memory, finished ones for a while)")]
     UnknownJob(String),
+    #[error("{limit} evaluation jobs are already queued or running; retry when one has finished, or cancel one")]
+    TooManyJobs { limit: usize },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -66,8 +72,6 @@ pub enum Submitted {
 pub const SYNC_PAIRS: usize = 100;
 /// Pairs in one request at most.
 pub const MAX_PAIRS: usize = 20_000;
-/// Finished or running jobs kept.
-pub const KEPT_JOBS: usize = 64;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +141,8 @@ pub struct EvalResult {
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
+    /// Waiting for one of the `concurrency` slots.
+    Queued,
     Running,
     Done,
     Failed,
@@ -156,20 +162,35 @@ pub struct JobView {
     pub error: Option<String>,
 }
 
+enum JobState {
+    Queued,
+    Running,
+    Finished { outcome: Result<EvalResult, String>, at: Instant },
+}
+
 struct Job {
     id: String,
     total: usize,
     done: AtomicUsize,
-    outcome: Mutex<Option<Result<EvalResult, String>>>,
+    state: Mutex<JobState>,
+    /// Aborts the job's task: its pending searches are dropped, and the encoders skip them.
+    task: Mutex<Option<AbortHandle>>,
 }
 
 impl Job {
+    fn finished_at(&self) -> Option<Instant> {
+        match &*self.state.lock() {
+            JobState::Finished { at, .. } => Some(*at),
+            JobState::Queued | JobState::Running => None,
+        }
+    }
+
     fn view(&self) -> JobView {
-        let outcome = self.outcome.lock().clone();
-        let (status, result, error) = match outcome {
-            None => (JobStatus::Running, None, None),
-            Some(Ok(result)) => (JobStatus::Done, Some(result), None),
-            Some(Err(error)) => (JobStatus::Failed, None, Some(error)),
+        let (status, result, error) = match &*self.state.lock() {
+            JobState::Queued => (JobStatus::Queued, None, None),
+            JobState::Running => (JobStatus::Running, None, None),
+            JobState::Finished { outcome: Ok(result), .. } => (JobStatus::Done, Some(result.clone()), None),
+            JobState::Finished { outcome: Err(error), .. } => (JobStatus::Failed, None, Some(error.clone())),
         };
         JobView {
             id: self.id.clone(),
@@ -182,16 +203,29 @@ impl Job {
     }
 }
 
-/// The evaluation jobs of this process.
-#[derive(Default)]
+/// The evaluation jobs of this process, kept in memory: at most `max_jobs` queued or running, `concurrency` of
+/// them running, each finished one kept for `job_ttl_secs` (and at most `kept_jobs` of them). Their searches
+/// wait behind live traffic in the encoders' queues ([`Priority::Background`]).
 pub struct EvalJobs {
+    settings: EvalSettings,
+    metrics: Arc<Metrics>,
     jobs: Mutex<VecDeque<Arc<Job>>>,
+    slots: Arc<Semaphore>,
 }
 
 impl EvalJobs {
+    pub fn new(settings: EvalSettings, metrics: Arc<Metrics>) -> Self {
+        let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        Self { settings, metrics, jobs: Mutex::new(VecDeque::new()), slots }
+    }
+
     /// Validates `request`, then answers it at once (up to [`SYNC_PAIRS`] pairs) or starts a job. A job runs in a
-    /// spawned task, so the client going away does not stop it.
-    pub async fn submit(&self, engine: &Arc<Engine>, request: EvalRequest) -> Result<Submitted, LiveEvalError> {
+    /// spawned task, so the client going away does not stop it; [`EvalJobs::cancel`] does.
+    pub async fn submit(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        request: EvalRequest,
+    ) -> Result<Submitted, LiveEvalError> {
         let models = validate(engine, &request)?;
         if request.pairs.len() <= SYNC_PAIRS {
             return Ok(Submitted::Done(evaluate(engine.clone(), request, models, || {}).await?));
@@ -200,37 +234,97 @@ impl EvalJobs {
             id: uuid::Uuid::new_v4().to_string(),
             total: judged(&request.pairs).len() * models.len(),
             done: AtomicUsize::new(0),
-            outcome: Mutex::new(None),
+            state: Mutex::new(JobState::Queued),
+            task: Mutex::new(None),
         });
-        self.add(job.clone());
-        let engine = engine.clone();
-        let running = job.clone();
-        tokio::spawn(async move {
+        self.admit(job.clone())?;
+        let (jobs, engine, running) = (self.clone(), engine.clone(), job.clone());
+        let task = tokio::spawn(async move {
+            let Ok(_slot) = jobs.slots.clone().acquire_owned().await else { return };
+            *running.state.lock() = JobState::Running;
+            jobs.update_gauges();
             let counter = running.clone();
             let outcome = evaluate(engine, request, models, move || {
                 counter.done.fetch_add(1, Ordering::Relaxed);
             })
             .await
             .map_err(|e| failure_message(&e));
-            *running.outcome.lock() = Some(outcome);
+            let ended = if outcome.is_ok() { "done" } else { "failed" };
+            *running.state.lock() = JobState::Finished { outcome, at: Instant::now() };
+            jobs.metrics.eval_jobs_ended.with_label_values(&[ended]).inc();
+            jobs.update_gauges();
         });
+        *job.task.lock() = Some(task.abort_handle());
         Ok(Submitted::Accepted(job.view()))
     }
 
     /// A job's progress, then its result.
     pub fn view(&self, id: &str) -> Result<JobView, LiveEvalError> {
-        self.get(id).map(|job| job.view()).ok_or_else(|| LiveEvalError::UnknownJob(id.to_string()))
+        let mut jobs = self.jobs.lock();
+        self.expire(&mut jobs);
+        jobs.iter().find(|j| j.id == id).map(|job| job.view()).ok_or_else(|| LiveEvalError::UnknownJob(id.to_string()))
     }
 
-    fn add(&self, job: Arc<Job>) {
+    /// Stops a queued or running job at once, or forgets a finished one; either way the job is gone.
+    pub fn cancel(&self, id: &str) -> Result<(), LiveEvalError> {
+        let job = {
+            let mut jobs = self.jobs.lock();
+            self.expire(&mut jobs);
+            let position =
+                jobs.iter().position(|j| j.id == id).ok_or_else(|| LiveEvalError::UnknownJob(id.to_string()))?;
+            jobs.remove(position).expect("position found above")
+        };
+        if job.finished_at().is_none() {
+            if let Some(task) = job.task.lock().take() {
+                task.abort();
+            }
+            self.metrics.eval_jobs_ended.with_label_values(&["cancelled"]).inc();
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Adds a job unless `max_jobs` are already queued or running.
+    fn admit(&self, job: Arc<Job>) -> Result<(), LiveEvalError> {
         let mut jobs = self.jobs.lock();
-        if jobs.len() == KEPT_JOBS {
-            jobs.pop_front();
+        self.expire(&mut jobs);
+        let active = jobs.iter().filter(|j| j.finished_at().is_none()).count();
+        if active >= self.settings.max_jobs {
+            self.metrics.eval_jobs_ended.with_label_values(&["refused"]).inc();
+            return Err(LiveEvalError::TooManyJobs { limit: self.settings.max_jobs });
         }
         jobs.push_back(job);
+        drop(jobs);
+        self.update_gauges();
+        Ok(())
     }
-    fn get(&self, id: &str) -> Option<Arc<Job>> {
-        self.jobs.lock().iter().find(|j| j.id == id).cloned()
+
+    /// Forgets finished jobs older than the TTL, then the oldest finished ones beyond `kept_jobs`.
+    fn expire(&self, jobs: &mut VecDeque<Arc<Job>>) {
+        let ttl = Duration::from_secs(self.settings.job_ttl_secs);
+        let before = jobs.len();
+        jobs.retain(|j| j.finished_at().is_none_or(|at| at.elapsed() < ttl));
+        let mut finished = jobs.iter().filter(|j| j.finished_at().is_some()).count();
+        while finished > self.settings.kept_jobs {
+            let oldest = jobs.iter().position(|j| j.finished_at().is_some()).expect("a finished job is counted");
+            jobs.remove(oldest);
+            finished -= 1;
+        }
+        let expired = before - jobs.len();
+        self.metrics.eval_jobs_ended.with_label_values(&["expired"]).inc_by(expired as u64);
+    }
+
+    fn update_gauges(&self) {
+        let (mut queued, mut running) = (0, 0);
+        for job in self.jobs.lock().iter() {
+            match &*job.state.lock() {
+                JobState::Queued => queued += 1,
+                JobState::Running => running += 1,
+                JobState::Finished { .. } => {}
+            }
+        }
+        self.metrics.eval_jobs.with_label_values(&["queued"]).set(queued);
+        self.metrics.eval_jobs.with_label_values(&["running"]).set(running);
     }
 }
 
@@ -322,6 +416,7 @@ async fn evaluate(
                     k: depth,
                     ef: None,
                     exact: body.exact,
+                    priority: Priority::Background,
                 })
                 .await?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);

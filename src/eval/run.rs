@@ -16,7 +16,7 @@ use super::report::{self, EvalReport, RecallAt, SystemScores};
 use super::stats::{self, bootstrap_ci, PairedComparison, Resampling};
 use super::{load, EvalData, EvalError, EvalOptions, Query};
 use crate::config::{Config, ModelEntry};
-use crate::encoder::Side;
+use crate::encoder::{Priority, Side};
 use crate::engine::{Engine, SearchQuery};
 use crate::lexical::{Bm25Index, Bm25Params};
 use crate::util::fs;
@@ -225,7 +225,14 @@ async fn search_runs(
             for q in queries {
                 let started = Instant::now();
                 let result = engine
-                    .search(SearchQuery { model: model.clone(), query: q.text.clone(), k: k_max, ef: None, exact })
+                    .search(SearchQuery {
+                        model: model.clone(),
+                        query: q.text.clone(),
+                        k: k_max,
+                        ef: None,
+                        exact,
+                        priority: Priority::Live,
+                    })
                     .await?;
                 run.latencies_ms.push(started.elapsed().as_secs_f64() * 1e3);
                 run.method = result.method.as_str().to_string();

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::interleave::team_draft;
 use super::{stats, Experiment, ExperimentError, Experiments, Mode, Plan, Route, Status};
-use crate::engine::{Engine, SearchQuery, SearchResult};
+use crate::engine::{Engine, Priority, SearchQuery, SearchResult};
 use crate::index::SearchMethod;
 use crate::store::{ExposureItem, ExposureRecord, ShadowRecord};
 use crate::util::error_chain;
@@ -183,7 +183,14 @@ pub async fn search(
 }
 
 fn query(body: &SearchRequest, model: &str) -> SearchQuery {
-    SearchQuery { model: model.to_string(), query: body.query.clone(), k: body.k, ef: body.ef, exact: body.exact }
+    SearchQuery {
+        model: model.to_string(),
+        query: body.query.clone(),
+        k: body.k,
+        ef: body.ef,
+        exact: body.exact,
+        priority: Priority::Live,
+    }
 }
 
 /// A search under an experiment, with what each plan needs.
