@@ -73,8 +73,9 @@ async fn experiments_have_a_life_cycle_and_are_never_deleted() {
             &json!({"name": "x", "mode": "ab", "arms": [{"model": "nope"}, {"model": "tiny-llm"}]}),
         )
         .await;
-    assert_eq!(status, 422, "{body}");
-    assert!(body["detail"].as_str().unwrap().contains("`nope` is not served"), "{body}");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["type"], "/problems/unknown-model", "{body}");
+    assert!(body["known_models"].as_array().unwrap().contains(&json!("tiny-llm")), "{body}");
     let (status, _) = server
         .post("/v1/experiments", &json!({"name": "x", "mode": "interleave", "arms": [{"model": "tiny-llm"}]}))
         .await;
@@ -94,7 +95,8 @@ async fn experiments_have_a_life_cycle_and_are_never_deleted() {
     assert_eq!(status, 409, "a running experiment is stopped before it is archived: {body}");
     let (status, body) = patch(&server, &id, json!({"weights": {"tiny-encoder": 2.0}})).await;
     assert_eq!((status, body["arms"][0]["weight"].as_f64()), (200, Some(2.0)));
-    assert_eq!(patch(&server, &id, json!({"weights": {"ghost": 1.0}})).await.0, 422);
+    let (status, body) = patch(&server, &id, json!({"weights": {"ghost": 1.0}})).await;
+    assert_eq!((status, body["type"].as_str()), (404, Some("/problems/unknown-arm")), "{body}");
     assert_eq!(patch(&server, &id, json!({"weights": {"tiny-encoder": -1.0}})).await.0, 422);
 
     // One default at a time: making another the default unsets the first.
@@ -455,5 +457,46 @@ async fn searches_answer_while_the_exposure_log_cannot_write() {
     for (request_id, doc) in &logged {
         assert_eq!(feedback(&server, request_id, doc, "click").await.0, 200);
     }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposure_ids_are_made_by_the_server_not_taken_from_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = loaded(&dir.path().join("duet.db")).await;
+    create(
+        &server,
+        json!({"name": "ids", "mode": "ab", "status": "running",
+               "arms": [{"model": "tiny-llm", "name": "a"}, {"model": "tiny-encoder", "name": "b"}]}),
+    )
+    .await;
+    // Two clients reusing one X-Request-Id: each search is its own exposure, and feedback lands on each.
+    let mut exposures = Vec::new();
+    for unit in ["u1", "u2"] {
+        let response = server
+            .client
+            .post(server.url("/v1/search"))
+            .header("x-request-id", "client-chosen-id")
+            .json(&json!({"query": "sort a list", "k": 3, "experiment": "ids", "unit_id": unit}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-request-id"], "client-chosen-id", "the header echoes the client's id");
+        let (status, body) = common::read(response).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["correlation_id"], "client-chosen-id");
+        assert_eq!(body["experiment"]["logged"], true);
+        let id = body["request_id"].as_str().unwrap().to_string();
+        assert_ne!(id, "client-chosen-id");
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "a server-made UUID: {id}");
+        exposures.push((id, ids(&body)[0].clone(), body["arm"].as_str().unwrap().to_string()));
+    }
+    assert_ne!(exposures[0].0, exposures[1].0);
+    for (id, doc, arm) in &exposures {
+        let (status, receipt) = feedback(&server, id, doc, "click").await;
+        assert_eq!(status, 200, "{receipt}");
+        assert_eq!((receipt["duplicate"].as_bool(), receipt["arm"].as_str()), (Some(false), Some(arm.as_str())));
+    }
+    assert_eq!(feedback(&server, "client-chosen-id", &exposures[0].1, "click").await.0, 404);
     server.stop().await;
 }

@@ -1,6 +1,6 @@
 //! `/v1/documents`: batch upsert, fetch and delete of corpus documents.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,7 +17,7 @@ use crate::store::{Document, NewDocument};
 pub struct DocumentIn {
     pub id: String,
     pub text: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -67,15 +67,19 @@ pub async fn upsert(
             limits.max_batch
         )));
     }
-    let mut seen = HashSet::new();
-    let mut documents = Vec::with_capacity(body.documents.len());
+    let mut documents: Vec<NewDocument> = Vec::with_capacity(body.documents.len());
+    let mut position: HashMap<String, usize> = HashMap::new();
     for (i, d) in body.documents.into_iter().enumerate() {
         let doc = NewDocument { id: d.id, text: d.text, metadata: d.metadata.unwrap_or_else(|| serde_json::json!({})) };
         validate_document(&doc, limits).map_err(|m| ApiError::invalid(format!("documents[{i}]: {m}")))?;
-        if !seen.insert(doc.id.clone()) {
-            return Err(ApiError::invalid(format!("documents[{i}]: id {:?} appears twice in this request", doc.id)));
+        // An id given twice is written once, as its last version (as if the documents were sent one by one).
+        match position.get(&doc.id) {
+            Some(&earlier) => documents[earlier] = doc,
+            None => {
+                position.insert(doc.id.clone(), documents.len());
+                documents.push(doc);
+            }
         }
-        documents.push(doc);
     }
     let report = state.engine.upsert(documents).await?;
     let models = state.engine.models().keys().cloned().collect();

@@ -17,7 +17,7 @@ fn default_side() -> Side {
 #[serde(deny_unknown_fields)]
 pub struct EmbedRequest {
     pub texts: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub model: Option<String>,
     #[serde(default = "default_side")]
     pub side: Side,

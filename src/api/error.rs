@@ -3,9 +3,10 @@
 //! 503 with `Retry-After`; anything else is a 500 whose details go to the log, not to the client.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
 use crate::encoder::EncoderError;
@@ -15,6 +16,7 @@ use crate::experiment::ExperimentError;
 use crate::index::IndexError;
 use crate::store::StoreError;
 use crate::util::error_chain;
+use crate::util::json::integral_floats_to_integers;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -130,6 +132,8 @@ impl From<ExperimentError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-shown", err.to_string())
             }
             ExperimentError::NotFound(_) => ApiError::not_found("unknown-experiment", err.to_string()),
+            ExperimentError::UnknownArm { .. } => ApiError::not_found("unknown-arm", err.to_string()),
+            ExperimentError::DuplicateArm(_) => ApiError::new(StatusCode::CONFLICT, "duplicate-arm", err.to_string()),
             ExperimentError::UnknownRequest(_) => ApiError::not_found("unknown-request", err.to_string()),
             ExperimentError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name-taken", err.to_string()),
             ExperimentError::Transition { .. } => {
@@ -203,10 +207,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections are problems.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body read as the spec defines it, with problems for rejections: the body must be a JSON
+/// object (an array is not read as a struct's fields), an integral number is an integer (`5.0` for `k`), and a
+/// member's error names its path (`documents[2].id: …`).
 pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(mut value) = axum::Json::<Value>::from_request(request, state).await?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the request body must be a JSON object"));
+        }
+        integral_floats_to_integers(&mut value);
+        serde_path_to_error::deserialize(value).map(ApiJson).map_err(|err| {
+            ApiError::invalid(format!("Failed to deserialize the JSON body into the target type: {err}"))
+        })
+    }
+}
 
 /// `axum::extract::Query` whose rejections are problems.
 #[derive(FromRequestParts)]

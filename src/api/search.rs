@@ -84,8 +84,13 @@ async fn run(
     let started = Instant::now();
     validate(&state, &body)?;
     let unit = unit_from(headers, &body)?;
-    let RequestId(request_id) = request_id;
-    let Served { response, served_by: model } =
-        serve::search(&state.engine, &state.experiments, request_id, unit, body, started).await?;
+    // The exposure is keyed by an id the server makes, so a client cannot collide with another request's
+    // exposure or choose the interleaving coin; the request's own id is only a correlation id.
+    let exposure_id = uuid::Uuid::new_v4().to_string();
+    let RequestId(correlation_id) = request_id;
+    tracing::debug!(%exposure_id, %correlation_id, "search");
+    let Served { mut response, served_by: model } =
+        serve::search(&state.engine, &state.experiments, exposure_id, unit, body, started).await?;
+    response.correlation_id = Some(correlation_id);
     Ok(served_by(&model, StatusCode::OK, response))
 }

@@ -79,7 +79,7 @@ pub struct EvalPair {
     pub query: String,
     pub doc_id: String,
     /// Graded relevance for nDCG (default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub grade: Option<f64>,
 }
 
@@ -92,7 +92,7 @@ fn default_ks() -> Vec<usize> {
 pub struct EvalRequest {
     pub pairs: Vec<EvalPair>,
     /// Models to score (default: every served model).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub models: Option<Vec<String>>,
     /// Cut-offs for recall@k.
     #[serde(default = "default_ks")]

@@ -54,6 +54,10 @@ pub enum ExperimentError {
     Invalid(String),
     #[error("no experiment `{0}`")]
     NotFound(String),
+    #[error("experiment `{experiment}` has no arm `{arm}`")]
+    UnknownArm { experiment: String, arm: String },
+    #[error("two arms are named `{0}`; name them (`name`) to compare a model with itself")]
+    DuplicateArm(String),
     #[error("an experiment named `{0}` exists already")]
     NameTaken(String),
     #[error("experiment `{name}` cannot go from {from} to {to}")]
@@ -111,7 +115,7 @@ pub struct Feedback {
     pub doc_id: String,
     pub event: Event,
     /// Checked against the position the document was shown at, when given.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub position: Option<u32>,
 }
 
@@ -136,12 +140,12 @@ pub struct NewExperiment {
     pub name: String,
     pub mode: Mode,
     pub arms: Vec<NewArm>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub salt: Option<String>,
     #[serde(default)]
     pub default: bool,
     /// `draft` (the default) or `running`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub status: Option<Status>,
 }
 
@@ -150,9 +154,9 @@ pub struct NewExperiment {
 pub struct NewArm {
     pub model: String,
     /// Defaults to the model's name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub weight: Option<f64>,
 }
 
@@ -160,11 +164,11 @@ pub struct NewArm {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentPatch {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub status: Option<Status>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub weights: Option<BTreeMap<String, f64>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub default: Option<bool>,
 }
 
@@ -214,14 +218,15 @@ pub fn validate(new: &NewExperiment, models: &[String]) -> Result<Vec<Arm>, Expe
     let mut arms: Vec<Arm> = Vec::with_capacity(new.arms.len());
     for arm in &new.arms {
         if !models.contains(&arm.model) {
-            return invalid(format!("arm model `{}` is not served; served models: {}", arm.model, models.join(", ")));
+            let known = models.to_vec();
+            return Err(crate::engine::EngineError::UnknownModel { name: arm.model.clone(), known }.into());
         }
         let name = arm.name.clone().unwrap_or_else(|| arm.model.clone());
         if !valid_name(&name) {
             return invalid(format!("arm name {name:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"));
         }
         if arms.iter().any(|a| a.name == name) {
-            return invalid(format!("two arms are named `{name}`; name them (`name`) to compare a model with itself"));
+            return Err(ExperimentError::DuplicateArm(name));
         }
         let weight = match (new.mode, arm.weight) {
             (_, Some(w)) => check_weight(&name, w)?,
@@ -357,10 +362,7 @@ impl Experiments {
             for (arm, weight) in &weights {
                 let weight = check_weight(arm, *weight)?;
                 let Some(target) = experiment.arms.iter_mut().find(|a| &a.name == arm) else {
-                    return Err(ExperimentError::Invalid(format!(
-                        "experiment `{}` has no arm `{arm}`",
-                        experiment.name
-                    )));
+                    return Err(ExperimentError::UnknownArm { experiment: experiment.name.clone(), arm: arm.clone() });
                 };
                 target.weight = weight;
             }
@@ -542,7 +544,7 @@ mod tests {
         let err = |e: NewExperiment| validate(&e, &models).unwrap_err().to_string();
         assert!(err(new(Mode::Ab, &[("a", None, None)])).contains("2 to 8 arms"));
         assert!(err(new(Mode::Interleave, &[("a", None, None); 3])).contains("exactly 2"));
-        assert!(err(new(Mode::Ab, &[("a", None, None), ("c", None, None)])).contains("`c` is not served"));
+        assert!(err(new(Mode::Ab, &[("a", None, None), ("c", None, None)])).contains("unknown model `c`"));
         assert!(err(new(Mode::Ab, &[("a", None, None), ("a", None, None)])).contains("two arms are named"));
         assert!(err(new(Mode::Ab, &[("a", None, Some(0.0)), ("b", None, None)])).contains("positive"));
         assert!(err(new(Mode::Ab, &[("a", None, Some(f64::NAN)), ("b", None, None)])).contains("positive"));

@@ -38,19 +38,19 @@ pub struct SearchRequest {
     #[serde(default = "default_k")]
     pub k: usize,
     /// Model to search with; bypasses experiments. When absent: the experiment's choice, else the default model.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub model: Option<String>,
     /// HNSW candidate list size for this request (default: the model's `ef_search`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub ef: Option<usize>,
     /// Brute-force search, bypassing the HNSW graph (the reference for recall).
     #[serde(default)]
     pub exact: bool,
     /// Who is searching (user, session): the unit experiments assign. Also read from `X-Duet-Unit`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub unit_id: Option<String>,
     /// Experiment (id or name) to search under; the default experiment when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub experiment: Option<String>,
 }
 
@@ -87,7 +87,11 @@ pub struct ExperimentTag {
 
 #[derive(Debug, Serialize)]
 pub struct SearchResponse {
+    /// The server-made id of this search (its exposure, under an experiment), which feedback refers to.
     pub request_id: String,
+    /// The request's `X-Request-Id`: the client's when valid, else a generated one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
     /// The model that ranked the results; `null` when two arms were interleaved (see `arms`).
     pub model: Option<String>,
     pub model_version: Option<String>,
@@ -144,7 +148,8 @@ fn ranked_ids(result: &SearchResult) -> Vec<String> {
     result.hits.iter().map(|(_, doc)| doc.id.clone()).collect()
 }
 
-/// A seed for the interleaving coin from the request id, so that a logged request's list can be reproduced.
+/// A seed for the interleaving coin from the server-made request id: random per search, and reproducible from
+/// the logged exposure.
 fn seed_of(request_id: &str) -> u64 {
     let digest = Sha256::digest(request_id.as_bytes());
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
@@ -152,7 +157,8 @@ fn seed_of(request_id: &str) -> u64 {
 
 /// Answers one search: routes it (an explicit model, else the experiment for the unit, else the default model),
 /// runs the plan's searches through the engine, builds the list shown, and queues its exposure (and the shadow
-/// arm's search) without waiting for the store. `request_id` keys the exposure that feedback refers to;
+/// arm's search) without waiting for the store. `request_id` (made by the server) keys the exposure that feedback
+/// refers to;
 /// `started` is when the request arrived, for the response's `total_ms` and the exposure's latency.
 pub async fn search(
     engine: &Arc<Engine>,
@@ -296,6 +302,7 @@ fn response(
 ) -> SearchResponse {
     SearchResponse {
         request_id: request_id.to_string(),
+        correlation_id: None,
         model: Some(result.model.name.clone()),
         model_version: Some(result.model.version.clone()),
         method: result.method,

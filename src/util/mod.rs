@@ -1,9 +1,10 @@
 //! Leaf helpers every layer may use, and that use nothing of Duet's: the seeded random generator ([`rng`]),
 //! vector normalisation, the one definition of means and quantiles every report uses ([`stats`]), the clock
-//! ([`now`]), error chains for logs and messages, file I/O errors that name the file ([`fs`]), and JSONL reading
-//! ([`jsonl`]).
+//! ([`now`]), error chains for logs and messages, file I/O errors that name the file ([`fs`]), JSONL reading
+//! ([`jsonl`]), and how request bodies read integers and nulls ([`json`]).
 
 pub mod fs;
+pub mod json;
 pub mod jsonl;
 pub mod rng;
 pub mod stats;
