@@ -121,7 +121,7 @@ pub fn validate_document(doc: &NewDocument, limits: &Limits) -> Result<(), Strin
     if doc.id.chars().any(char::is_control) {
         return Err(format!("document id {:?} contains control characters", doc.id));
     }
-    if doc.text.trim().is_empty() {
+    if crate::util::json::is_blank(&doc.text) {
         return Err(format!("document {:?} has an empty text", doc.id));
     }
     let chars = doc.text.chars().count();

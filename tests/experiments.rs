@@ -257,11 +257,11 @@ async fn feedback_is_validated_idempotent_and_counted() {
     let (status, body) = feedback(&server, "no-such-request", &shown[0], "click").await;
     assert_eq!((status, body["type"].as_str()), (404, Some("/problems/unknown-request")), "{body}");
     let (status, body) = feedback(&server, request_id, "book-not-shown-here", "click").await;
-    assert_eq!((status, body["type"].as_str()), (422, Some("/problems/not-shown")), "{body}");
+    assert_eq!((status, body["type"].as_str()), (404, Some("/problems/not-shown")), "{body}");
     let (status, _) = server
         .post("/v1/feedback", &json!({"request_id": request_id, "doc_id": shown[0], "event": "click", "position": 3}))
         .await;
-    assert_eq!(status, 422, "the position must match what was shown");
+    assert_eq!(status, 409, "the position must match what was shown");
     let (status, _) =
         server.post("/v1/feedback", &json!({"request_id": request_id, "doc_id": shown[0], "event": "like"})).await;
     assert_eq!(status, 422, "unknown events are rejected");

@@ -17,7 +17,8 @@ use crate::store::{Document, NewDocument};
 pub struct DocumentIn {
     pub id: String,
     pub text: String,
-    #[serde(default, deserialize_with = "crate::util::json::non_null")]
+    /// Absent or `null`: `{}`.
+    #[serde(default)]
     pub metadata: Option<serde_json::Value>,
 }
 

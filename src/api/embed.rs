@@ -50,7 +50,7 @@ pub async fn embed(State(state): State<AppState>, ApiJson(body): ApiJson<EmbedRe
         )));
     }
     for (i, text) in body.texts.iter().enumerate() {
-        if text.trim().is_empty() {
+        if crate::util::json::is_blank(text) {
             return Err(ApiError::invalid(format!("texts[{i}] is empty")));
         }
         let chars = text.chars().count();

@@ -128,12 +128,18 @@ impl From<ExperimentError> for ApiError {
     fn from(err: ExperimentError) -> Self {
         match err {
             ExperimentError::Invalid(_) => ApiError::invalid(err.to_string()),
-            ExperimentError::NotShown { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-shown", err.to_string())
+            // The impression named does not exist: that document was not in that search's results.
+            ExperimentError::NotShown { .. } => ApiError::not_found("not-shown", err.to_string()),
+            // It exists, and the client's record of it disagrees with the server's.
+            ExperimentError::WrongPosition { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong-position", err.to_string())
             }
             ExperimentError::NotFound(_) => ApiError::not_found("unknown-experiment", err.to_string()),
             ExperimentError::UnknownArm { .. } => ApiError::not_found("unknown-arm", err.to_string()),
             ExperimentError::DuplicateArm(_) => ApiError::new(StatusCode::CONFLICT, "duplicate-arm", err.to_string()),
+            ExperimentError::WeightsNeedAb { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "weights-need-ab", err.to_string())
+            }
             ExperimentError::UnknownRequest(_) => ApiError::not_found("unknown-request", err.to_string()),
             ExperimentError::NameTaken(_) => ApiError::new(StatusCode::CONFLICT, "name-taken", err.to_string()),
             ExperimentError::Transition { .. } => {

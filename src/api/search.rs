@@ -36,7 +36,7 @@ pub async fn search_get(
 
 fn validate(state: &AppState, body: &SearchRequest) -> Result<(), ApiError> {
     let limits = &state.engine.limits;
-    if body.query.trim().is_empty() {
+    if crate::util::json::is_blank(&body.query) {
         return Err(ApiError::invalid("`query` must not be empty"));
     }
     let chars = body.query.chars().count();
@@ -62,17 +62,17 @@ fn validate(state: &AppState, body: &SearchRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The unit id: the body's, else the `X-Duet-Unit` header's. A malformed header is refused even when the body
+/// has one.
 fn unit_from(headers: &HeaderMap, body: &SearchRequest) -> Result<Option<String>, ApiError> {
-    if let Some(unit) = &body.unit_id {
-        return Ok(Some(unit.clone()));
-    }
-    match headers.get(UNIT_HEADER) {
-        None => Ok(None),
+    let header = match headers.get(UNIT_HEADER) {
+        None => None,
         Some(value) => match value.to_str() {
-            Ok(unit) if !unit.is_empty() && unit.len() <= 256 => Ok(Some(unit.to_string())),
-            _ => Err(ApiError::invalid("the X-Duet-Unit header must be 1-256 visible ASCII characters")),
+            Ok(unit) if !unit.is_empty() && unit.len() <= 256 => Some(unit.to_string()),
+            _ => return Err(ApiError::invalid("the X-Duet-Unit header must be 1-256 visible ASCII characters")),
         },
-    }
+    };
+    Ok(body.unit_id.clone().or(header))
 }
 
 async fn run(

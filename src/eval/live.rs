@@ -357,7 +357,7 @@ fn validate(engine: &Engine, body: &EvalRequest) -> Result<Vec<String>, LiveEval
         return Err(LiveEvalError::TooLarge(format!("{} pairs; the limit is {MAX_PAIRS}", body.pairs.len())));
     }
     for (i, p) in body.pairs.iter().enumerate() {
-        if p.query.trim().is_empty() || p.query.chars().count() > limits.max_query_chars {
+        if crate::util::json::is_blank(&p.query) || p.query.chars().count() > limits.max_query_chars {
             return Err(LiveEvalError::Invalid(format!(
                 "pair {i}: `query` must be 1-{} characters and not blank",
                 limits.max_query_chars

@@ -58,6 +58,10 @@ pub enum ExperimentError {
     UnknownArm { experiment: String, arm: String },
     #[error("two arms are named `{0}`; name them (`name`) to compare a model with itself")]
     DuplicateArm(String),
+    #[error("document `{doc_id}` was shown at position {shown}, not {given}")]
+    WrongPosition { doc_id: String, shown: u32, given: u32 },
+    #[error("weights apply to `ab` experiments; `{name}` is `{mode}`")]
+    WeightsNeedAb { name: String, mode: &'static str },
     #[error("an experiment named `{0}` exists already")]
     NameTaken(String),
     #[error("experiment `{name}` cannot go from {from} to {to}")]
@@ -353,11 +357,10 @@ impl Experiments {
         }
         if let Some(weights) = patch.weights {
             if experiment.mode != Mode::Ab {
-                return Err(ExperimentError::Invalid(format!(
-                    "weights apply to `ab` experiments; `{}` is `{}`",
-                    experiment.name,
-                    experiment.mode.as_str()
-                )));
+                return Err(ExperimentError::WeightsNeedAb {
+                    name: experiment.name.clone(),
+                    mode: experiment.mode.as_str(),
+                });
             }
             for (arm, weight) in &weights {
                 let weight = check_weight(arm, *weight)?;
@@ -432,10 +435,11 @@ impl Experiments {
         })?;
         if let Some(position) = feedback.position {
             if position != item.position {
-                return Err(ExperimentError::Invalid(format!(
-                    "document `{}` was shown at position {}, not {position}",
-                    item.doc_id, item.position
-                )));
+                return Err(ExperimentError::WrongPosition {
+                    doc_id: item.doc_id.clone(),
+                    shown: item.position,
+                    given: position,
+                });
             }
         }
         // One event at a time: an interleaved impression's outcome is read back right after its click is written.

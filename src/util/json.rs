@@ -20,6 +20,12 @@ pub fn integral_floats_to_integers(value: &mut Value) {
     }
 }
 
+/// Whether a text is blank: empty or only ASCII whitespace (space, tab, line feed, form feed, carriage return),
+/// the definition `openapi.yaml` states as the pattern `[^ \t\n\f\r]`.
+pub fn is_blank(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_whitespace())
+}
+
 /// For `#[serde(default, deserialize_with = "non_null")]` on an `Option` member: absent is `None`, a value is
 /// `Some`, and `null` is an error ("invalid type: null, expected …").
 pub fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
