@@ -52,6 +52,34 @@ pub struct Config {
     /// The exposure log and shadow searches of live experiments.
     #[serde(default)]
     pub experiments: ExperimentSettings,
+    /// Connections: their number, their timeouts, and the shutdown deadline.
+    #[serde(default)]
+    pub http: HttpSettings,
+}
+
+/// Connection settings (`[http]`): how many, how long a slow or idle one may stay, and how long shutdown waits.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Connections open at once at most; beyond it new ones get a 503 and are closed at once (and counted).
+    pub max_connections: usize,
+    /// Once a request head has begun to arrive, it must be complete within this long, else the connection is
+    /// closed (a slow-loris client).
+    pub header_read_timeout_secs: u64,
+    /// A connection is closed when it waits this long for a request without receiving a byte (a fresh
+    /// connection or keep-alive between requests), or when a response write makes no progress for this long
+    /// (a client that stopped reading).
+    pub idle_timeout_secs: u64,
+    /// On shutdown, the most time before the process exits: requests in flight get the first three quarters,
+    /// writing the queued exposures and closing the store the rest. Idle and half-sent connections are closed
+    /// at once.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { max_connections: 1024, header_read_timeout_secs: 10, idle_timeout_secs: 60, shutdown_grace_secs: 20 }
+    }
 }
 
 /// Settings of live experiments (`[experiments]`).
@@ -95,6 +123,10 @@ pub struct Limits {
     pub snippet_chars: usize,
     /// Requests taking longer than this are answered 503.
     pub request_timeout_secs: u64,
+    /// Longest request target (path and query), in bytes; longer is 414.
+    pub max_uri_bytes: usize,
+    /// Largest request header section (names, values and separators), in bytes; larger is 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -109,6 +141,8 @@ impl Default for Limits {
             max_id_bytes: 256,
             snippet_chars: 300,
             request_timeout_secs: 60,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -172,6 +206,7 @@ impl Default for Config {
             encoder: EncoderSettings::default(),
             models: Vec::new(),
             experiments: ExperimentSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -214,6 +249,23 @@ impl Config {
             || l.max_body_bytes < 1024
         {
             return Err(ConfigError::Invalid("limits must be positive (and max_body_bytes at least 1024)".into()));
+        }
+        if l.max_uri_bytes < 256 || l.max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_uri_bytes must be at least 256 and max_header_bytes at least 1024".into(),
+            ));
+        }
+        let h = &self.http;
+        if h.max_connections == 0
+            || h.header_read_timeout_secs == 0
+            || h.idle_timeout_secs == 0
+            || h.shutdown_grace_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[http] max_connections, header_read_timeout_secs, idle_timeout_secs and shutdown_grace_secs must \
+                 be positive"
+                    .into(),
+            ));
         }
         let e = &self.experiments;
         if e.exposure_queue == 0 || e.exposure_batch == 0 || e.shadow_concurrency == 0 {
@@ -265,6 +317,7 @@ mod tests {
         example.validate().unwrap();
         assert_eq!(example.limits, Limits::default());
         assert_eq!(example.experiments, ExperimentSettings::default());
+        assert_eq!(example.http, HttpSettings::default());
         Config::from_file(&root.join("duet.toml")).unwrap().validate().unwrap();
         let mut zero = example;
         zero.experiments.exposure_queue = 0;
