@@ -55,6 +55,9 @@ pub struct Config {
     /// Evaluation jobs (`POST /v1/eval` with more than 100 pairs).
     #[serde(default)]
     pub eval: EvalSettings,
+    /// Connections: their number, their timeouts, and the shutdown deadline.
+    #[serde(default)]
+    pub http: HttpSettings,
 }
 
 /// Bounds on evaluation jobs (`[eval]`): they run in the background, below live traffic.
@@ -74,6 +77,31 @@ pub struct EvalSettings {
 impl Default for EvalSettings {
     fn default() -> Self {
         Self { max_jobs: 8, concurrency: 1, job_ttl_secs: 3600, kept_jobs: 64 }
+    }
+}
+
+/// Connection settings (`[http]`): how many, how long a slow or idle one may stay, and how long shutdown waits.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Connections open at once at most; beyond it new ones get a 503 and are closed at once (and counted).
+    pub max_connections: usize,
+    /// Once a request head has begun to arrive, it must be complete within this long, else the connection is
+    /// closed (a slow-loris client).
+    pub header_read_timeout_secs: u64,
+    /// A connection is closed when it waits this long for a request without receiving a byte (a fresh
+    /// connection or keep-alive between requests), or when a response write makes no progress for this long
+    /// (a client that stopped reading).
+    pub idle_timeout_secs: u64,
+    /// On shutdown, the most time before the process exits: requests in flight get the first three quarters,
+    /// writing the queued exposures and closing the store the rest. Idle and half-sent connections are closed
+    /// at once.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { max_connections: 1024, header_read_timeout_secs: 10, idle_timeout_secs: 60, shutdown_grace_secs: 20 }
     }
 }
 
@@ -118,6 +146,10 @@ pub struct Limits {
     pub snippet_chars: usize,
     /// Requests taking longer than this are answered 503.
     pub request_timeout_secs: u64,
+    /// Longest request target (path and query), in bytes; longer is 414.
+    pub max_uri_bytes: usize,
+    /// Largest request header section (names, values and separators), in bytes; larger is 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Limits {
@@ -132,6 +164,8 @@ impl Default for Limits {
             max_id_bytes: 256,
             snippet_chars: 300,
             request_timeout_secs: 60,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -196,6 +230,7 @@ impl Default for Config {
             models: Vec::new(),
             experiments: ExperimentSettings::default(),
             eval: EvalSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -238,6 +273,23 @@ impl Config {
             || l.max_body_bytes < 1024
         {
             return Err(ConfigError::Invalid("limits must be positive (and max_body_bytes at least 1024)".into()));
+        }
+        if l.max_uri_bytes < 256 || l.max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "max_uri_bytes must be at least 256 and max_header_bytes at least 1024".into(),
+            ));
+        }
+        let h = &self.http;
+        if h.max_connections == 0
+            || h.header_read_timeout_secs == 0
+            || h.idle_timeout_secs == 0
+            || h.shutdown_grace_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[http] max_connections, header_read_timeout_secs, idle_timeout_secs and shutdown_grace_secs must \
+                 be positive"
+                    .into(),
+            ));
         }
         let e = &self.experiments;
         if e.exposure_queue == 0 || e.exposure_batch == 0 || e.shadow_concurrency == 0 {
@@ -294,6 +346,7 @@ mod tests {
         assert_eq!(example.limits, Limits::default());
         assert_eq!(example.experiments, ExperimentSettings::default());
         assert_eq!(example.eval, EvalSettings::default());
+        assert_eq!(example.http, HttpSettings::default());
         Config::from_file(&root.join("duet.toml")).unwrap().validate().unwrap();
         let mut zero = example;
         zero.experiments.exposure_queue = 0;

@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry per server (so tests can run several servers in one process), rendered in
 //! the text format at `GET /metrics`. Times are in seconds. Label values are bounded: routes are route templates
-//! (`/v1/documents/{id}`), models are the configured model names, experiments and arms are the names of
+//! (`/v1/documents/{id}`, `unmatched`, or `unparsed` for what hyper could not parse), methods are the standard
+//! ones or `other`, models are the configured model names, experiments and arms are the names of
 //! experiments created through the API (validated: at most 64 characters, at most 8 arms).
 
 use std::cell::RefCell;
@@ -15,6 +16,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_connections_open: IntGauge,
+    pub http_connections_refused: IntCounter,
+    pub http_connections_timed_out: IntCounterVec,
     pub encode_duration: HistogramVec,
     pub encode_batch_size: HistogramVec,
     pub encode_queue_wait: HistogramVec,
@@ -89,6 +93,26 @@ impl Metrics {
                 "Time from request to response head.",
                 http_labels,
                 latency_buckets(),
+            ),
+            http_connections_open: {
+                let g = IntGauge::new("http_connections_open", "HTTP connections open now.").expect("valid gauge");
+                register(Box::new(g.clone()), false);
+                g
+            },
+            http_connections_refused: {
+                let c = IntCounter::new(
+                    "http_connections_refused_total",
+                    "Connections refused (503, then closed) because `max_connections` were open.",
+                )
+                .expect("valid counter");
+                register(Box::new(c.clone()), false);
+                c
+            },
+            http_connections_timed_out: counter(
+                "http_connections_timed_out_total",
+                "Connections closed by a timeout: `header` (a request head not complete in time), `idle` (no \
+                 request begun in time) or `write` (a response write that made no progress).",
+                &["reason"],
             ),
             encode_duration: histogram(
                 "encode_duration_seconds",
@@ -246,7 +270,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 20, "one per field of Metrics");
+        assert_eq!(m.families.len(), 25, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and

@@ -1,9 +1,14 @@
 //! Wiring: open the engine, bind the socket, serve the API, build the indexes in the background (the server
 //! answers `/healthz` at once and `/readyz` once every index is ready), import the start-up corpus if one is
-//! configured, and shut down gracefully.
+//! configured, and shut down gracefully within `[http] shutdown_grace_secs`. The connections themselves (limits,
+//! timeouts, draining) are the edge's.
+
+mod conn;
+mod edge;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -20,8 +25,9 @@ pub struct RunningServer {
     pub engine: Arc<Engine>,
     pub experiments: Arc<Experiments>,
     shutdown: Option<oneshot::Sender<()>>,
-    serve: JoinHandle<std::io::Result<()>>,
+    serve: JoinHandle<()>,
     background: JoinHandle<()>,
+    grace: Duration,
 }
 
 /// Starts a server for `config` (use port 0 for an ephemeral port; the bound address is in `addr`).
@@ -65,29 +71,47 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         experiments: experiments.clone(),
         eval_jobs: Arc::new(crate::eval::live::EvalJobs::new(config.eval, engine.metrics.clone())),
     });
-    let serve = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-    });
-    Ok(RunningServer { addr, engine, experiments, shutdown: Some(tx), serve, background })
+    let metrics = &engine.metrics;
+    let edge = edge::Edge {
+        settings: config.http,
+        limits: config.limits,
+        counters: edge::EdgeCounters {
+            open: metrics.http_connections_open.clone(),
+            refused: metrics.http_connections_refused.clone(),
+            timed_out: metrics.http_connections_timed_out.clone(),
+            requests: metrics.http_requests.clone(),
+        },
+    };
+    let serve = tokio::spawn(edge::serve(listener, app, edge, rx));
+    let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+    Ok(RunningServer { addr, engine, experiments, shutdown: Some(tx), serve, background, grace })
 }
 
 impl RunningServer {
-    /// Stops accepting connections, lets requests in flight finish, and closes the store.
+    /// Stops accepting connections, closes idle ones, lets requests in flight finish, writes the queued
+    /// exposures and closes the store — all within the shutdown grace, after which it returns regardless.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + self.grace;
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         self.background.abort();
         let _ = (&mut self.background).await;
+        // The edge cuts requests still running at its drain deadline, before ours.
         let served = (&mut self.serve).await;
         // Exposures queued by the last requests are written before the store closes.
-        self.experiments.log.flush().await;
-        self.engine.close().await;
-        served??;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let closed = tokio::time::timeout(left, async {
+            self.experiments.log.flush().await;
+            self.engine.close().await;
+        });
+        if closed.await.is_err() {
+            tracing::error!(
+                grace_secs = self.grace.as_secs(),
+                "the shutdown grace ran out before the exposure log was written and the store closed; exiting anyway"
+            );
+        }
+        served?;
         Ok(())
     }
 

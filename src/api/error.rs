@@ -195,15 +195,22 @@ fn title(status: StatusCode) -> &'static str {
     status.canonical_reason().unwrap_or("Error")
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The problem document (also written by the server for answers below the router).
+    pub fn document(&self) -> Value {
         let mut body = Map::new();
         body.insert("type".into(), json!(format!("/problems/{}", self.kind)));
         body.insert("title".into(), json!(title(self.status)));
         body.insert("status".into(), json!(self.status.as_u16()));
         body.insert("detail".into(), json!(self.detail));
-        body.extend(self.extra);
-        let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
+        body.extend(self.extra.clone());
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.document())).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs {

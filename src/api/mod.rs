@@ -1,5 +1,6 @@
 //! The HTTP API (axum, JSON, versioned under `/v1`): one file per resource, the router, and the middleware that
-//! gives every response a request id and records request metrics. Every route is listed once, in [`routes`];
+//! gives every response a request id, refuses oversize requests before reading them (413 on `Content-Length`,
+//! 414, 431) and records request metrics. Every route is listed once, in [`routes`];
 //! `openapi.yaml` must describe exactly those (a test checks it).
 
 pub mod documents;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, MethodRouter};
@@ -24,6 +25,7 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::config::Limits;
 use crate::engine::Engine;
 use crate::experiment::Experiments;
 pub use error::ApiError;
@@ -120,6 +122,55 @@ fn valid_request_id(value: &HeaderValue) -> Option<String> {
     (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.to_string())
 }
 
+/// The `method` label: a standard method's name, else `other` (so made-up methods cannot grow `/metrics`).
+pub fn method_label(method: &Method) -> &'static str {
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD.iter().find(|m| *m == method).map(Method::as_str).unwrap_or("other")
+}
+
+/// A request over the limits that can be told from its head alone, answered before its body is read: a declared
+/// `Content-Length` over `max_body_bytes` (413; a chunked body is cut at the limit while it is read), a request
+/// target over `max_uri_bytes` (414), a header section over `max_header_bytes` (431).
+fn oversize_head(request: &Request, limits: &Limits) -> Option<ApiError> {
+    let uri = request.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len()) + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            format!(
+                "the request target is {target} bytes; the limit is {} (send long input in a POST body)",
+                limits.max_uri_bytes
+            ),
+        ));
+    }
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum();
+    if headers > limits.max_header_bytes {
+        return Some(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!("the request headers are {headers} bytes; the limit is {}", limits.max_header_bytes),
+        ));
+    }
+    let declared = request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
+    (declared > limits.max_body_bytes as u64).then(|| {
+        ApiError::too_large(format!(
+            "the body is {declared} bytes (Content-Length); the limit is {} bytes",
+            limits.max_body_bytes
+        ))
+    })
+}
+
 /// Request id in, request id out; count and time every request by route template, method, model and status.
 async fn observe(
     State(state): State<AppState>,
@@ -128,7 +179,7 @@ async fn observe(
     next: Next,
 ) -> Response {
     let route = matched.map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".to_string());
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let id = request
         .headers()
         .get(REQUEST_ID_HEADER)
@@ -136,19 +187,23 @@ async fn observe(
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();
-    let timeout = Duration::from_secs(state.engine.limits.request_timeout_secs.max(1));
-    let mut response = match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("the request took longer than {} s", timeout.as_secs()),
-        )
-        .into_response(),
+    let limits = &state.engine.limits;
+    let timeout = Duration::from_secs(limits.request_timeout_secs.max(1));
+    let mut response = match oversize_head(&request, limits) {
+        Some(refusal) => refusal.into_response(),
+        None => match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!("the request took longer than {} s", timeout.as_secs()),
+            )
+            .into_response(),
+        },
     };
     let model = response.extensions().get::<ServedBy>().map(|s| s.0.clone()).unwrap_or_default();
     let status = response.status().as_u16().to_string();
-    let labels = [route.as_str(), method.as_str(), model.as_str(), status.as_str()];
+    let labels = [route.as_str(), method, model.as_str(), status.as_str()];
     let metrics = &state.engine.metrics;
     metrics.http_requests.with_label_values(&labels).inc();
     metrics.http_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
