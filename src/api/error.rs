@@ -105,7 +105,7 @@ impl From<IndexError> for ApiError {
     fn from(err: IndexError) -> Self {
         match err {
             // A model whose vectors do not fit its index is a server fault, not the client's.
-            IndexError::Dimension { .. } => ApiError::internal(&err),
+            IndexError::Dimension { .. } | IndexError::NonFinite { .. } => ApiError::internal(&err),
         }
     }
 }
