@@ -95,6 +95,11 @@ pub struct Limits {
     pub snippet_chars: usize,
     /// Requests taking longer than this are answered 503.
     pub request_timeout_secs: u64,
+    /// Most heavy searches (`exact`, or `ef` above `heavy_ef_above`, on a model with an HNSW graph) running at
+    /// once; beyond it they are refused with 503 and `Retry-After`. 0 refuses every heavy search.
+    pub max_heavy_searches: usize,
+    /// An `ef` above this makes a search heavy.
+    pub heavy_ef_above: usize,
 }
 
 impl Default for Limits {
@@ -109,6 +114,8 @@ impl Default for Limits {
             max_id_bytes: 256,
             snippet_chars: 300,
             request_timeout_secs: 60,
+            max_heavy_searches: 4,
+            heavy_ef_above: 512,
         }
     }
 }

@@ -210,6 +210,11 @@ impl VectorIndex {
         }
     }
 
+    /// Whether a graph rebuild is running.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::Acquire)
+    }
+
     pub fn has_graph(&self) -> bool {
         self.counts.has_graph.load(Ordering::Acquire)
     }
