@@ -66,7 +66,7 @@ async fn upserts_aborted_at_random_points_leave_store_and_indexes_in_agreement()
     let full = started.elapsed();
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(13);
-    let rounds = 40;
+    let rounds = 32;
     let mut aborted = Vec::new();
     for wave in 0..(rounds / 8) {
         let mut tasks = Vec::new();
