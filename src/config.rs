@@ -150,6 +150,11 @@ pub struct Limits {
     pub max_uri_bytes: usize,
     /// Largest request header section (names, values and separators), in bytes; larger is 431.
     pub max_header_bytes: usize,
+    /// Most heavy searches (`exact`, or `ef` above `heavy_ef_above`, on a model with an HNSW graph) running at
+    /// once; beyond it they are refused with 503 and `Retry-After`. 0 refuses every heavy search.
+    pub max_heavy_searches: usize,
+    /// An `ef` above this makes a search heavy.
+    pub heavy_ef_above: usize,
 }
 
 impl Default for Limits {
@@ -166,6 +171,8 @@ impl Default for Limits {
             request_timeout_secs: 60,
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 32 * 1024,
+            max_heavy_searches: 4,
+            heavy_ef_above: 512,
         }
     }
 }

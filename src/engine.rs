@@ -3,25 +3,35 @@
 //!
 //! - An upsert is encoded by every model first (outside any lock, each model on its own thread), then written to
 //!   the store in one transaction, then applied to every index, under one write lock so that concurrent writes
-//!   to the same id land in the same order in the store and in every index.
+//!   to the same id land in the same order in the store and in every index. That commit-and-index phase runs as
+//!   a task of its own ([`write`]): a client that disconnects, or a request that times out, cannot stop it
+//!   between the store and the indexes.
 //! - At start-up, indexes are rebuilt from the stored embeddings of each model's current version; only documents
-//!   without one are encoded. A model serves searches once its index is ready.
+//!   without one, or whose stored one is unusable (non-finite, wrong length), are encoded ([`prepare`]). A model
+//!   serves searches once its index is ready; one that fails to prepare is reported failed and leaves the others
+//!   serving.
+//! - Exact and high-`ef` searches over a graph are bounded by a semaphore; beyond it they are refused at once.
+
+mod prepare;
+#[cfg(test)]
+mod tests;
+mod write;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::future::join_all;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, Limits};
 pub use crate::encoder::Priority;
 use crate::encoder::{self, EncoderError, EncoderHandle, Manifest, ModelInfo, Side};
 use crate::index::{Hit, IndexError, IndexParams, SearchMethod, VectorIndex};
 use crate::metrics::Metrics;
-use crate::store::{content_hash, Document, NewDocument, NewEmbedding, SqliteStore, Store, StoreError};
+use crate::store::{Document, NewDocument, SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -29,6 +39,10 @@ pub enum EngineError {
     UnknownModel { name: String, known: Vec<String> },
     #[error("model `{0}` is still building its index; retry shortly")]
     NotReady(String),
+    #[error("model `{model}` failed to prepare its index and is not served: {reason}")]
+    Failed { model: String, reason: String },
+    #[error("too many exact or high-`ef` searches are running (at most {limit}); retry shortly, or search without `exact` and with a lower `ef`")]
+    Busy { limit: usize },
     #[error("two models are named `{0}`")]
     DuplicateModel(String),
     #[error(transparent)]
@@ -41,18 +55,91 @@ pub enum EngineError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// One model as served: its encoding queue and its index.
+/// One model as served: its encoding queue, its index and where its preparation stands.
 pub struct ServedModel {
     pub info: Arc<ModelInfo>,
     pub encoder: EncoderHandle,
     pub index: Arc<VectorIndex>,
-    ready: AtomicBool,
+    /// A [`ModelState`] as its index.
+    state: AtomicU8,
+    /// Documents encoded so far while preparing.
+    encoded: AtomicUsize,
+    failure: Mutex<Option<String>>,
+}
+
+/// Where a model's index stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelState {
+    /// Reading its stored embeddings.
+    Loading,
+    /// Encoding the documents that have no usable stored embedding.
+    Encoding,
+    Ready,
+    /// Preparing failed; the model is not served until a restart.
+    Failed,
+}
+
+const STATES: [ModelState; 4] = [ModelState::Loading, ModelState::Encoding, ModelState::Ready, ModelState::Failed];
+
+/// A model's state, with what it is doing or why it failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    pub state: ModelState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl ServedModel {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    pub fn new(info: Arc<ModelInfo>, encoder: EncoderHandle, index: Arc<VectorIndex>) -> Self {
+        Self { info, encoder, index, state: AtomicU8::new(0), encoded: AtomicUsize::new(0), failure: Mutex::new(None) }
     }
+
+    pub fn state(&self) -> ModelState {
+        STATES[self.state.load(Ordering::Acquire) as usize]
+    }
+
+    fn set_state(&self, state: ModelState) {
+        let at = STATES.iter().position(|s| *s == state).expect("a listed state");
+        self.state.store(at as u8, Ordering::Release);
+    }
+
+    fn fail(&self, reason: String) {
+        *self.failure.lock() = Some(reason);
+        self.set_state(ModelState::Failed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state() == ModelState::Ready
+    }
+
+    /// The state and, unless ready, why.
+    pub fn status(&self) -> ModelStatus {
+        let state = self.state();
+        let reason = match state {
+            ModelState::Loading => Some("reading the stored embeddings".to_string()),
+            ModelState::Encoding => Some(format!(
+                "encoding the documents without a usable stored embedding ({} done)",
+                self.encoded.load(Ordering::Relaxed)
+            )),
+            ModelState::Ready => None,
+            ModelState::Failed => self.failure.lock().clone(),
+        };
+        ModelStatus { state, reason }
+    }
+
+    /// Ready, or the error a request for it gets.
+    fn check_ready(&self) -> Result<(), EngineError> {
+        match self.state() {
+            ModelState::Ready => Ok(()),
+            ModelState::Failed => Err(EngineError::Failed {
+                model: self.info.name.clone(),
+                reason: self.failure.lock().clone().unwrap_or_default(),
+            }),
+            ModelState::Loading | ModelState::Encoding => Err(EngineError::NotReady(self.info.name.clone())),
+        }
+    }
+
     pub fn index_params(&self) -> &IndexParams {
         self.index.params()
     }
@@ -64,6 +151,8 @@ pub struct PreparedIndex {
     pub model: String,
     pub from_store: usize,
     pub encoded: usize,
+    /// Stored embeddings found unusable (non-finite, wrong length) and encoded again.
+    pub reencoded: usize,
     pub seconds: f64,
 }
 
@@ -71,6 +160,8 @@ pub struct PreparedIndex {
 #[derive(Debug, Clone, Serialize)]
 pub struct UpsertReport {
     pub upserted: usize,
+    /// Models that encoded and indexed the documents (a model that failed to prepare is left out).
+    pub models: Vec<String>,
     /// Per model, the ids of documents cut at the model's `max_tokens`.
     pub truncated: BTreeMap<String, Vec<String>>,
 }
@@ -104,7 +195,10 @@ pub struct Engine {
     store: Arc<dyn Store>,
     /// Replaced as a whole, so a model can be added or swapped without stopping searches.
     models: RwLock<Arc<BTreeMap<String, Arc<ServedModel>>>>,
-    writes: tokio::sync::Mutex<()>,
+    /// Held by the commit-and-index phase of every write (a task of its own); readers never take it.
+    writes: Arc<tokio::sync::Mutex<()>>,
+    /// Permits for exact and high-`ef` searches over a graph.
+    heavy_searches: Arc<Semaphore>,
     default_model: String,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
@@ -161,12 +255,11 @@ impl Engine {
             if models.contains_key(&info.name) {
                 return Err(EngineError::DuplicateModel(info.name));
             }
-            let served = ServedModel {
-                info: Arc::new(info.clone()),
-                encoder: EncoderHandle::spawn(loaded, settings.queue(), metrics.clone()),
-                index: Arc::new(VectorIndex::new(info.dimension, entry.index)),
-                ready: AtomicBool::new(false),
-            };
+            let served = ServedModel::new(
+                Arc::new(info.clone()),
+                EncoderHandle::spawn(loaded, settings.queue(), metrics.clone()),
+                Arc::new(VectorIndex::new(info.dimension, entry.index)),
+            );
             metrics.documents.with_label_values(&[&info.name]).set(0);
             first_model.get_or_insert_with(|| info.name.clone());
             models.insert(info.name.clone(), Arc::new(served));
@@ -181,7 +274,8 @@ impl Engine {
         Ok(Arc::new(Self {
             store,
             models: RwLock::new(Arc::new(models)),
-            writes: tokio::sync::Mutex::new(()),
+            writes: Arc::new(tokio::sync::Mutex::new(())),
+            heavy_searches: Arc::new(Semaphore::new(config.limits.max_heavy_searches)),
             default_model,
             metrics,
             limits: config.limits,
@@ -216,158 +310,8 @@ impl Engine {
 
     fn ready_model(&self, name: &str) -> Result<Arc<ServedModel>, EngineError> {
         let model = self.model(name)?;
-        if !model.is_ready() {
-            return Err(EngineError::NotReady(model.info.name.clone()));
-        }
+        model.check_ready()?;
         Ok(model)
-    }
-
-    /// Fills every index: stored embeddings of the model's current version first, then encodes the documents
-    /// that have none (new model, new version, or changed text). Marks each model ready when done; the HNSW
-    /// graphs are then built in the background (see [`Engine::build_graphs`]).
-    pub async fn prepare_indexes(&self) -> Result<Vec<PreparedIndex>, EngineError> {
-        let mut reports = Vec::new();
-        for model in self.models().values() {
-            let started = Instant::now();
-            let info = &model.info;
-            let stored = self.store.embeddings(&info.name, &info.version).await?;
-            let from_store = stored.len();
-            let index = model.index.clone();
-            blocking(move || index.upsert(stored)).await??;
-
-            let mut encoded = 0;
-            let mut after: Option<String> = None;
-            loop {
-                let batch = self.store.missing_embeddings(&info.name, &info.version, after.as_deref(), 256).await?;
-                let Some(last) = batch.last() else { break };
-                after = Some(last.id.clone());
-                let texts: Vec<String> = batch.iter().map(|d| d.text.clone()).collect();
-                let vectors = model.encoder.encode(texts, Side::Document).await?.vectors;
-                let embeddings: Vec<NewEmbedding> = batch
-                    .iter()
-                    .zip(&vectors)
-                    .map(|(d, v)| NewEmbedding {
-                        model: info.name.clone(),
-                        model_version: info.version.clone(),
-                        document_id: d.id.clone(),
-                        content_hash: d.content_hash.clone(),
-                        vector: v.clone(),
-                    })
-                    .collect();
-                self.store.put_embeddings(&embeddings).await?;
-                encoded += batch.len();
-                let items: Vec<(String, Vec<f32>)> = batch.into_iter().map(|d| d.id).zip(vectors).collect();
-                let index = model.index.clone();
-                blocking(move || index.upsert(items)).await??;
-                tracing::info!(model = %info.name, encoded, "encoded documents without a stored embedding");
-            }
-            // Ready at once: searches are exact until the HNSW graph, built in the background, is swapped in.
-            model.ready.store(true, Ordering::Release);
-            self.maintain(model);
-            let report = PreparedIndex {
-                model: info.name.clone(),
-                from_store,
-                encoded,
-                seconds: started.elapsed().as_secs_f64(),
-            };
-            tracing::info!(model = %report.model, from_store, encoded, seconds = report.seconds, "index ready");
-            reports.push(report);
-        }
-        Ok(reports)
-    }
-
-    /// Builds every graph that is due now, and waits for it (searches go on meanwhile).
-    pub async fn build_graphs(&self) -> Result<(), EngineError> {
-        for model in self.models().values() {
-            let index = model.index.clone();
-            if index.needs_rebuild() {
-                blocking(move || index.rebuild_graph()).await?;
-            }
-            self.update_gauges(model);
-        }
-        Ok(())
-    }
-
-    fn update_gauges(&self, model: &ServedModel) {
-        let name = model.info.name.as_str();
-        self.metrics.documents.with_label_values(&[name]).set(model.index.len() as i64);
-        self.metrics.index_deleted.with_label_values(&[name]).set(model.index.dead_in_graph() as i64);
-    }
-
-    /// Rebuilds a model's graph in the background when it has grown past `exact_below` or holds too many dead
-    /// entries; searches go on meanwhile.
-    fn maintain(&self, model: &Arc<ServedModel>) {
-        self.update_gauges(model);
-        if model.index.needs_rebuild() {
-            let index = model.index.clone();
-            let gauge = self.metrics.index_deleted.with_label_values(&[model.info.name.as_str()]);
-            tokio::task::spawn_blocking(move || {
-                if index.rebuild_graph() {
-                    gauge.set(index.dead_in_graph() as i64);
-                }
-            });
-        }
-    }
-
-    /// Inserts or replaces documents: encoded by every model, stored durably, indexed — then acknowledged.
-    /// Documents must already be validated and have distinct ids.
-    pub async fn upsert(&self, documents: Vec<NewDocument>) -> Result<UpsertReport, EngineError> {
-        let models = self.models();
-        for model in models.values() {
-            if !model.is_ready() {
-                return Err(EngineError::NotReady(model.info.name.clone()));
-            }
-        }
-        let texts: Vec<String> = documents.iter().map(|d| d.text.clone()).collect();
-        // Every model encodes at once, each on its own thread.
-        let encodings = join_all(models.values().map(|m| m.encoder.encode(texts.clone(), Side::Document))).await;
-        let mut embeddings = Vec::with_capacity(documents.len() * models.len());
-        let mut per_model = Vec::with_capacity(models.len());
-        let mut truncated = BTreeMap::new();
-        for (model, encoded) in models.values().zip(encodings) {
-            let encoded = encoded?;
-            let cut: Vec<String> =
-                documents.iter().zip(&encoded.truncated).filter(|(_, &t)| t).map(|(d, _)| d.id.clone()).collect();
-            if !cut.is_empty() {
-                truncated.insert(model.info.name.clone(), cut);
-            }
-            for (doc, vector) in documents.iter().zip(&encoded.vectors) {
-                embeddings.push(NewEmbedding {
-                    model: model.info.name.clone(),
-                    model_version: model.info.version.clone(),
-                    document_id: doc.id.clone(),
-                    content_hash: content_hash(&doc.text),
-                    vector: vector.clone(),
-                });
-            }
-            per_model.push((model.clone(), encoded.vectors));
-        }
-
-        let _write = self.writes.lock().await;
-        self.store.upsert(&documents, &embeddings).await?;
-        for (model, vectors) in per_model {
-            let items: Vec<(String, Vec<f32>)> = documents.iter().map(|d| d.id.clone()).zip(vectors).collect();
-            let index = model.index.clone();
-            blocking(move || index.upsert(items)).await??;
-            self.maintain(&model);
-        }
-        Ok(UpsertReport { upserted: documents.len(), truncated })
-    }
-
-    /// Deletes a document from the store and every index; returns whether it existed.
-    pub async fn delete(&self, id: &str) -> Result<bool, EngineError> {
-        // Like upserts, deletes wait for the indexes: one deleted while its stored embedding is being loaded
-        // would come back as a ghost entry.
-        if let Some(model) = self.models().values().find(|m| !m.is_ready()) {
-            return Err(EngineError::NotReady(model.info.name.clone()));
-        }
-        let _write = self.writes.lock().await;
-        let existed = self.store.delete(id).await?;
-        for model in self.models().values() {
-            model.index.delete(id);
-            self.maintain(model);
-        }
-        Ok(existed)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Document>, EngineError> {
@@ -389,6 +333,8 @@ impl Engine {
     /// Encodes the query, searches the model's index and fetches the documents.
     pub async fn search(&self, q: SearchQuery) -> Result<SearchResult, EngineError> {
         let model = self.ready_model(&q.model)?;
+        // Taken before encoding, so that a refusal is immediate; released when the index search ends.
+        let permit = self.heavy_search_permit(&model, &q)?;
         let started = Instant::now();
         let encoded = model.encoder.encode_with(vec![q.query], Side::Query, q.priority).await?;
         let encode_seconds = started.elapsed().as_secs_f64();
@@ -398,7 +344,11 @@ impl Engine {
         let started = Instant::now();
         let index = model.index.clone();
         let (k, ef, exact) = (q.k, q.ef, q.exact);
-        let outcome = blocking(move || index.search(&vector, k, ef, exact)).await?;
+        let outcome = blocking(move || {
+            let _permit = permit;
+            index.search(&vector, k, ef, exact)
+        })
+        .await?;
         let search_seconds = started.elapsed().as_secs_f64();
         self.metrics
             .search_duration
@@ -422,7 +372,28 @@ impl Engine {
         })
     }
 
-    /// Stops accepting work and closes the store.
+    /// A search is heavy when the model has a graph and the search asks for `exact` or an `ef` above
+    /// `heavy_ef_above` (without a graph every search is exact over fewer than `exact_below` documents). Heavy
+    /// searches need a permit; with none left they are refused at once.
+    fn heavy_search_permit(
+        &self,
+        model: &ServedModel,
+        q: &SearchQuery,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, EngineError> {
+        let heavy = model.index.has_graph() && (q.exact || q.ef.is_some_and(|ef| ef > self.limits.heavy_ef_above));
+        if !heavy {
+            return Ok(None);
+        }
+        match self.heavy_searches.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => {
+                self.metrics.heavy_searches_refused.with_label_values(&[model.info.name.as_str()]).inc();
+                Err(EngineError::Busy { limit: self.limits.max_heavy_searches })
+            }
+        }
+    }
+
+    /// Stops accepting work and closes the store (after the writes in flight).
     pub async fn close(&self) {
         let _write = self.writes.lock().await;
         self.store.close().await;

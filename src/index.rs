@@ -3,16 +3,24 @@
 //!
 //! Writes are visible to the next search. A replaced or deleted document is marked dead at once and filtered
 //! out of HNSW results; when dead entries pile up, [`VectorIndex::rebuild_graph`] builds a fresh graph off the
-//! lock (searches keep using the old one meanwhile) and swaps it in. Slots are append-only, so a rebuild can
-//! replay whatever was written while it ran.
+//! lock (searches keep using the old one meanwhile) and swaps it in.
+//!
+//! Locks: searches only ever take the read side of one lock, held briefly by writers to assign or switch slots —
+//! never while inserting into the graph (HNSW insertion takes `&self` and runs outside it). Writers (upserts,
+//! deletes, compaction, the swap of a rebuilt graph) are serialised by a second lock that searches never take.
+//! Counts (`len`, slots, dead entries) are atomics, read without any lock.
+//!
+//! Slots are compacted: a rebuild keeps only the live slots (renumbered) plus what was written while it ran, and
+//! without a graph (exact mode) the dead slots are dropped once they exceed `rebuild_dead_fraction` of the live
+//! ones, so memory stays proportional to the live documents however often the same ids are re-upserted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hnsw_rs::filter::FilterT;
 use hnsw_rs::prelude::{DistDot, Hnsw};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::util::normalize;
@@ -75,28 +83,77 @@ pub struct SearchOutcome {
 pub enum IndexError {
     #[error("vector for {id} has dimension {got}, the index holds {expected}")]
     Dimension { id: String, got: usize, expected: usize },
+    #[error("vector for {id} has a non-finite value")]
+    NonFinite { id: String },
 }
 
 type Graph = Hnsw<'static, f32, DistDot>;
 
+/// Dead slots tolerated in exact mode regardless of the live count, so tiny indexes do not compact on every write.
+const MIN_DEAD_BEFORE_COMPACTION: usize = 64;
+
 struct Inner {
-    /// Slot → document id; slots are never reused.
+    /// Slot → document id.
     ids: Vec<Arc<str>>,
     /// Slot → normalised vector, `dim` floats per slot.
     vectors: Vec<f32>,
+    /// Whether the slot is the current vector of its id. New slots start dead and come alive together with the
+    /// retirement of the slots they replace, once they are linked into the graph.
     alive: Vec<bool>,
     by_id: HashMap<Arc<str>, usize>,
-    graph: Option<Graph>,
-    /// Slots `0..graph_covers` that are alive at graph build time or inserted since are in the graph.
-    graph_covers: usize,
-    /// Dead slots still in the graph.
-    dead_in_graph: usize,
+    /// When present, every slot is in it (or being linked in by the writer that holds the writer lock).
+    graph: Option<Arc<Graph>>,
+}
+
+impl Inner {
+    fn vector(&self, slot: usize, dim: usize) -> &[f32] {
+        &self.vectors[slot * dim..(slot + 1) * dim]
+    }
+}
+
+/// The counts readers need, kept outside the lock.
+#[derive(Default)]
+struct Counts {
+    live: AtomicUsize,
+    slots: AtomicUsize,
+    has_graph: AtomicBool,
+}
+
+/// The slots kept by a compaction, renumbered from 0 in this order.
+struct Compacted {
+    ids: Vec<Arc<str>>,
+    vectors: Vec<f32>,
+    alive: Vec<bool>,
+    by_id: HashMap<Arc<str>, usize>,
+}
+
+impl Compacted {
+    fn with_capacity(slots: usize, dim: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(slots),
+            vectors: Vec::with_capacity(slots * dim),
+            alive: Vec::with_capacity(slots),
+            by_id: HashMap::with_capacity(slots),
+        }
+    }
+
+    fn push(&mut self, id: Arc<str>, vector: &[f32], alive: bool) {
+        if alive {
+            self.by_id.insert(id.clone(), self.ids.len());
+        }
+        self.ids.push(id);
+        self.vectors.extend_from_slice(vector);
+        self.alive.push(alive);
+    }
 }
 
 pub struct VectorIndex {
     dim: usize,
     params: IndexParams,
+    /// Serialises writers; searches never take it.
+    writer: Mutex<()>,
     inner: RwLock<Inner>,
+    counts: Counts,
     rebuilding: AtomicBool,
 }
 
@@ -105,15 +162,15 @@ impl VectorIndex {
         Self {
             dim,
             params,
+            writer: Mutex::new(()),
             inner: RwLock::new(Inner {
                 ids: Vec::new(),
                 vectors: Vec::new(),
                 alive: Vec::new(),
                 by_id: HashMap::new(),
                 graph: None,
-                graph_covers: 0,
-                dead_in_graph: 0,
             }),
+            counts: Counts::default(),
             rebuilding: AtomicBool::new(false),
         }
     }
@@ -126,99 +183,166 @@ impl VectorIndex {
         self.dim
     }
 
-    /// Live documents.
+    /// Live documents (no lock).
     pub fn len(&self) -> usize {
-        self.inner.read().by_id.len()
+        self.counts.live.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Slots held, live or dead (no lock): what the index's memory is proportional to.
+    pub fn slots(&self) -> usize {
+        self.counts.slots.load(Ordering::Acquire)
+    }
+
     pub fn contains(&self, id: &str) -> bool {
         self.inner.read().by_id.contains_key(id)
     }
 
-    /// Dead entries still held by the HNSW graph.
+    /// Dead entries still held by the HNSW graph (no lock).
     pub fn dead_in_graph(&self) -> usize {
-        self.inner.read().dead_in_graph
+        if self.has_graph() {
+            self.slots().saturating_sub(self.len())
+        } else {
+            0
+        }
+    }
+
+    /// Whether a graph rebuild is running.
+    pub fn is_rebuilding(&self) -> bool {
+        self.rebuilding.load(Ordering::Acquire)
     }
 
     pub fn has_graph(&self) -> bool {
-        self.inner.read().graph.is_some()
+        self.counts.has_graph.load(Ordering::Acquire)
     }
 
-    /// Inserts or replaces vectors. Graph insertion happens here when a graph exists; otherwise the caller should
-    /// check [`Self::needs_rebuild`] and run [`Self::rebuild_graph`] (off the async runtime).
+    fn publish_counts(&self, inner: &Inner) {
+        self.counts.live.store(inner.by_id.len(), Ordering::Release);
+        self.counts.slots.store(inner.ids.len(), Ordering::Release);
+        self.counts.has_graph.store(inner.graph.is_some(), Ordering::Release);
+    }
+
+    /// Inserts or replaces vectors (which must be finite and of the index's dimension). Graph insertion happens
+    /// here when a graph exists, outside the lock searches take; otherwise the caller should check
+    /// [`Self::needs_rebuild`] and run [`Self::rebuild_graph`] (off the async runtime).
     pub fn upsert(&self, items: Vec<(String, Vec<f32>)>) -> Result<(), IndexError> {
         for (id, v) in &items {
             if v.len() != self.dim {
                 return Err(IndexError::Dimension { id: id.clone(), got: v.len(), expected: self.dim });
             }
-        }
-        let mut inner = self.inner.write();
-        let first_new = inner.ids.len();
-        for (id, mut vector) in items {
-            normalize(&mut vector);
-            let id: Arc<str> = Arc::from(id);
-            let slot = inner.ids.len();
-            if let Some(old) = inner.by_id.insert(id.clone(), slot) {
-                inner.alive[old] = false;
-                if inner.graph.is_some() && old < inner.graph_covers {
-                    inner.dead_in_graph += 1;
-                }
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(IndexError::NonFinite { id: id.clone() });
             }
-            inner.ids.push(id);
-            inner.vectors.extend_from_slice(&vector);
-            inner.alive.push(true);
         }
-        let last = inner.ids.len();
-        if inner.graph.is_some() {
-            let inner = &mut *inner;
-            let rows: Vec<(&[f32], usize)> = (first_new..last)
-                .filter(|&s| inner.alive[s])
-                .map(|s| (&inner.vectors[s * self.dim..(s + 1) * self.dim], s))
-                .collect();
-            let graph = inner.graph.as_ref().expect("checked above");
+        let items: Vec<(Arc<str>, Vec<f32>)> = items
+            .into_iter()
+            .map(|(id, mut v)| {
+                normalize(&mut v);
+                (Arc::from(id), v)
+            })
+            .collect();
+        let _writer = self.writer.lock();
+        // 1. New slots, not alive yet: searches keep seeing the replaced vectors.
+        let (first, graph) = {
+            let mut inner = self.inner.write();
+            let first = inner.ids.len();
+            for (id, vector) in &items {
+                inner.ids.push(id.clone());
+                inner.vectors.extend_from_slice(vector);
+                inner.alive.push(false);
+            }
+            self.publish_counts(&inner);
+            (first, inner.graph.clone())
+        };
+        // 2. Linked into the graph with no lock held: searches go on meanwhile.
+        if let Some(graph) = graph {
+            let rows: Vec<(&[f32], usize)> =
+                items.iter().enumerate().map(|(i, (_, v))| (v.as_slice(), first + i)).collect();
             if rows.len() > 16 {
                 graph.parallel_insert_slice(&rows);
             } else {
                 rows.iter().for_each(|row| graph.insert_slice(*row));
             }
-            inner.graph_covers = last;
         }
+        // 3. The switch: new slots alive, replaced ones dead, in one step.
+        {
+            let mut inner = self.inner.write();
+            for (i, (id, _)) in items.into_iter().enumerate() {
+                let slot = first + i;
+                inner.alive[slot] = true;
+                if let Some(old) = inner.by_id.insert(id, slot) {
+                    inner.alive[old] = false;
+                }
+            }
+            self.publish_counts(&inner);
+        }
+        self.compact_if_due();
         Ok(())
     }
 
     /// Removes a document; returns whether it was present.
     pub fn delete(&self, id: &str) -> bool {
-        let mut inner = self.inner.write();
-        match inner.by_id.remove(id) {
-            Some(slot) => {
-                inner.alive[slot] = false;
-                if inner.graph.is_some() && slot < inner.graph_covers {
-                    inner.dead_in_graph += 1;
+        let _writer = self.writer.lock();
+        let existed = {
+            let mut inner = self.inner.write();
+            let existed = match inner.by_id.remove(id) {
+                Some(slot) => {
+                    inner.alive[slot] = false;
+                    true
                 }
-                true
+                None => false,
+            };
+            self.publish_counts(&inner);
+            existed
+        };
+        self.compact_if_due();
+        existed
+    }
+
+    /// Exact mode only (a graph is compacted when it is rebuilt): drops dead slots once there are more of them
+    /// than `rebuild_dead_fraction` of the live ones (and at least a few). The copy is made under the read lock,
+    /// so searches go on; the caller holds the writer lock, so nothing changes meanwhile.
+    fn compact_if_due(&self) {
+        let (live, slots) = (self.len(), self.slots());
+        let dead = slots - live;
+        let due = dead >= MIN_DEAD_BEFORE_COMPACTION && dead as f64 > self.params.rebuild_dead_fraction * live as f64;
+        // A rebuild in progress renumbers the slots itself, from a snapshot this must not invalidate.
+        if !due || self.has_graph() || self.rebuilding.load(Ordering::Acquire) {
+            return;
+        }
+        let compacted = {
+            let inner = self.inner.read();
+            let mut compacted = Compacted::with_capacity(inner.by_id.len(), self.dim);
+            for slot in (0..inner.ids.len()).filter(|&s| inner.alive[s]) {
+                compacted.push(inner.ids[slot].clone(), inner.vector(slot, self.dim), true);
             }
-            None => false,
+            compacted
+        };
+        let mut inner = self.inner.write();
+        if inner.graph.is_none() {
+            let Compacted { ids, vectors, alive, by_id } = compacted;
+            (inner.ids, inner.vectors, inner.alive, inner.by_id) = (ids, vectors, alive, by_id);
+            self.publish_counts(&inner);
         }
     }
 
     /// Whether a graph should be (re)built: the index has grown past `exact_below` without one, or too many of
     /// its graph's entries are dead.
     pub fn needs_rebuild(&self) -> bool {
-        let inner = self.inner.read();
-        let live = inner.by_id.len();
-        match &inner.graph {
-            None => live >= self.params.exact_below,
-            Some(_) => inner.dead_in_graph as f64 > self.params.rebuild_dead_fraction * live.max(1) as f64,
+        let live = self.len();
+        if self.has_graph() {
+            self.dead_in_graph() as f64 > self.params.rebuild_dead_fraction * live.max(1) as f64
+        } else {
+            live >= self.params.exact_below
         }
     }
 
-    /// Builds a graph over the live vectors without blocking searches or writes, then swaps it in, adding what
-    /// was written meanwhile. Blocking and CPU-heavy: run it on a blocking thread. Returns false when another
-    /// rebuild was already running.
+    /// Builds a graph over the live vectors without blocking searches, then swaps it in, adding what was written
+    /// meanwhile and dropping the dead slots. Blocking and CPU-heavy: run it on a blocking thread. Returns false
+    /// when another rebuild was already running.
     pub fn rebuild_graph(&self) -> bool {
         if self.rebuilding.swap(true, Ordering::AcqRel) {
             return false;
@@ -239,29 +363,57 @@ impl VectorIndex {
     }
 
     fn rebuild_once(&self) {
-        let (snapshot_len, rows): (usize, Vec<(Vec<f32>, usize)>) = {
+        // 1. A copy of the live slots, under the writer lock so that no compaction renumbers them meanwhile.
+        let (snapshot_len, rows): (usize, Vec<(Arc<str>, Vec<f32>)>) = {
+            let _writer = self.writer.lock();
             let inner = self.inner.read();
             let rows = (0..inner.ids.len())
                 .filter(|&s| inner.alive[s])
-                .map(|s| (inner.vectors[s * self.dim..(s + 1) * self.dim].to_vec(), s))
+                .map(|s| (inner.ids[s].clone(), inner.vector(s, self.dim).to_vec()))
                 .collect();
             (inner.ids.len(), rows)
         };
+        // 2. The graph over them, numbered 0.., off every lock (writes go on into the old graph).
         let graph = self.new_graph(rows.len());
-        let refs: Vec<(&[f32], usize)> = rows.iter().map(|(v, s)| (v.as_slice(), *s)).collect();
+        let refs: Vec<(&[f32], usize)> = rows.iter().enumerate().map(|(i, (_, v))| (v.as_slice(), i)).collect();
         graph.parallel_insert_slice(&refs);
-        let mut inner = self.inner.write();
-        let inner = &mut *inner;
-        let total = inner.ids.len();
-        for s in snapshot_len..total {
-            if inner.alive[s] {
-                graph.insert_slice((&inner.vectors[s * self.dim..(s + 1) * self.dim], s));
-            }
+        drop(refs);
+
+        // 3. With writers held off: what was written since the snapshot joins the new graph (searches go on), then
+        //    the compacted slots and the graph are swapped in at once.
+        let _writer = self.writer.lock();
+        let (appended, snapshot_alive): (Vec<(Arc<str>, Vec<f32>)>, Vec<bool>) = {
+            let inner = self.inner.read();
+            let appended = (snapshot_len..inner.ids.len())
+                .filter(|&s| inner.alive[s])
+                .map(|s| (inner.ids[s].clone(), inner.vector(s, self.dim).to_vec()))
+                .collect();
+            // A snapshot row is still alive when its id still points into the snapshot: a later write of the same
+            // id has a slot past it (nothing renumbers slots while the rebuild runs).
+            let snapshot_alive =
+                rows.iter().map(|(id, _)| inner.by_id.get(id).is_some_and(|&s| s < snapshot_len)).collect();
+            (appended, snapshot_alive)
+        };
+        let extra: Vec<(&[f32], usize)> =
+            appended.iter().enumerate().map(|(j, (_, v))| (v.as_slice(), rows.len() + j)).collect();
+        if extra.len() > 16 {
+            graph.parallel_insert_slice(&extra);
+        } else {
+            extra.iter().for_each(|row| graph.insert_slice(*row));
         }
-        // Slots alive at the snapshot but dead now are the only dead entries of the new graph.
-        inner.dead_in_graph = rows.iter().filter(|(_, s)| !inner.alive[*s]).count();
-        inner.graph = Some(graph);
-        inner.graph_covers = total;
+        drop(extra);
+        let mut compacted = Compacted::with_capacity(rows.len() + appended.len(), self.dim);
+        for ((id, vector), alive) in rows.into_iter().zip(snapshot_alive) {
+            compacted.push(id, &vector, alive);
+        }
+        for (id, vector) in appended {
+            compacted.push(id, &vector, true);
+        }
+        let Compacted { ids, vectors, alive, by_id } = compacted;
+        let mut inner = self.inner.write();
+        (inner.ids, inner.vectors, inner.alive, inner.by_id) = (ids, vectors, alive, by_id);
+        inner.graph = Some(Arc::new(graph));
+        self.publish_counts(&inner);
     }
 
     fn new_graph(&self, expected: usize) -> Graph {
@@ -277,6 +429,7 @@ impl VectorIndex {
 
     /// The `k` nearest live documents to `query` (normalised here). Exact below `exact_below` documents, when no
     /// graph exists yet, or when `exact` is asked for; HNSW otherwise, with `ef` (default `ef_search`, at least k).
+    /// A non-finite score (which no vector the index accepts can give) is never returned.
     pub fn search(&self, query: &[f32], k: usize, ef: Option<usize>, exact: bool) -> SearchOutcome {
         let mut query = query.to_vec();
         normalize(&mut query);
@@ -285,15 +438,15 @@ impl VectorIndex {
         match &inner.graph {
             Some(graph) if !exact && live >= self.params.exact_below => {
                 let ef = ef.unwrap_or(self.params.ef_search).max(k);
-                let found = if inner.dead_in_graph > 0 {
-                    let alive = |id: &usize| inner.alive.get(*id).copied().unwrap_or(false);
+                let alive = |id: &usize| inner.alive.get(*id).copied().unwrap_or(false);
+                let found = if inner.ids.len() > live {
                     graph.search_filter(&query, k, ef, Some(&alive as &dyn FilterT))
                 } else {
                     graph.search(&query, k, ef)
                 };
                 let hits = found
                     .into_iter()
-                    .filter(|n| inner.alive.get(n.d_id).copied().unwrap_or(false))
+                    .filter(|n| alive(&n.d_id) && n.distance.is_finite())
                     .map(|n| Hit { id: inner.ids[n.d_id].clone(), score: 1.0 - n.distance })
                     .collect();
                 SearchOutcome { hits, method: SearchMethod::Hnsw, ef: Some(ef) }
@@ -310,8 +463,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn exact_top_k(inner: &Inner, dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
-    let mut scored: Vec<(f32, usize)> =
-        inner.by_id.values().map(|&slot| (dot(query, &inner.vectors[slot * dim..(slot + 1) * dim]), slot)).collect();
+    let mut scored: Vec<(f32, usize)> = inner
+        .by_id
+        .values()
+        .map(|&slot| (dot(query, inner.vector(slot, dim)), slot))
+        .filter(|(score, _)| score.is_finite())
+        .collect();
     let k = k.min(scored.len());
     if k == 0 {
         return Vec::new();
@@ -337,76 +494,4 @@ pub fn recall(approx: &[Hit], exact: &[Hit]) -> f64 {
 pub type SharedIndex = Arc<VectorIndex>;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn small() -> IndexParams {
-        IndexParams { exact_below: 50, ..IndexParams::default() }
-    }
-
-    fn unit(angle: f32) -> Vec<f32> {
-        vec![angle.cos(), angle.sin(), 0.0]
-    }
-
-    #[test]
-    fn exact_search_ranks_by_cosine_and_sees_upserts_and_deletes() {
-        let index = VectorIndex::new(3, small());
-        index
-            .upsert(vec![("a".into(), unit(0.0)), ("b".into(), unit(0.5)), ("c".into(), vec![0.0, 0.0, 5.0])])
-            .unwrap();
-        let out = index.search(&[2.0, 0.0, 0.0], 2, None, false);
-        assert_eq!(out.method, SearchMethod::Exact);
-        let ids: Vec<&str> = out.hits.iter().map(|h| &*h.id).collect();
-        assert_eq!(ids, ["a", "b"]);
-        assert!((out.hits[0].score - 1.0).abs() < 1e-6);
-        assert!((out.hits[1].score - 0.5f32.cos()).abs() < 1e-6);
-
-        index.upsert(vec![("a".into(), vec![0.0, 0.0, 1.0])]).unwrap();
-        assert_eq!(&*index.search(&[1.0, 0.0, 0.0], 1, None, false).hits[0].id, "b", "replaced vector is gone");
-        assert!(index.delete("b"));
-        assert!(!index.delete("b"));
-        assert_eq!(index.len(), 2);
-        let ids: Vec<String> =
-            index.search(&[1.0, 0.0, 0.0], 10, None, false).hits.iter().map(|h| h.id.to_string()).collect();
-        assert_eq!(ids, ["a", "c"], "ties break by id; deleted ids never come back");
-    }
-
-    #[test]
-    fn dimension_mismatch_is_refused() {
-        let index = VectorIndex::new(3, small());
-        assert!(matches!(index.upsert(vec![("x".into(), vec![1.0])]), Err(IndexError::Dimension { .. })));
-    }
-
-    #[test]
-    fn graph_is_built_past_the_threshold_and_filters_dead_entries() {
-        let index = VectorIndex::new(3, small());
-        let items: Vec<(String, Vec<f32>)> = (0..200).map(|i| (format!("d{i}"), unit(i as f32 * 0.01))).collect();
-        index.upsert(items).unwrap();
-        assert!(index.needs_rebuild());
-        assert!(index.rebuild_graph());
-        assert!(index.has_graph());
-        let out = index.search(&unit(0.0), 5, Some(32), false);
-        assert_eq!(out.method, SearchMethod::Hnsw);
-        assert_eq!(&*out.hits[0].id, "d0");
-
-        // Delete the best match and replace the second: both must vanish from HNSW results at once.
-        index.delete("d0");
-        index.upsert(vec![("d1".into(), vec![0.0, 0.0, 1.0])]).unwrap();
-        assert_eq!(index.dead_in_graph(), 2);
-        let out = index.search(&unit(0.0), 3, None, false);
-        let ids: Vec<&str> = out.hits.iter().map(|h| &*h.id).collect();
-        assert_eq!(ids, ["d2", "d3", "d4"]);
-        let exact = index.search(&unit(0.0), 3, None, true);
-        assert_eq!(exact.method, SearchMethod::Exact);
-        assert_eq!(recall(&out.hits, &exact.hits), 1.0);
-
-        // Many deletions trigger a rebuild that drops the dead entries.
-        for i in 100..200 {
-            index.delete(&format!("d{i}"));
-        }
-        assert!(index.needs_rebuild());
-        index.rebuild_graph();
-        assert_eq!(index.dead_in_graph(), 0);
-        assert_eq!(index.search(&unit(1.5), 1, None, false).hits[0].id.as_ref(), "d99");
-    }
-}
+mod tests;

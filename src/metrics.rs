@@ -28,6 +28,9 @@ pub struct Metrics {
     pub search_duration: HistogramVec,
     pub documents: IntGaugeVec,
     pub index_deleted: IntGaugeVec,
+    pub index_slots: IntGaugeVec,
+    pub corrupt_embeddings: IntCounterVec,
+    pub heavy_searches_refused: IntCounterVec,
     pub exposures: IntCounterVec,
     pub exposures_dropped: IntCounterVec,
     pub exposure_queue_depth: IntGauge,
@@ -159,6 +162,22 @@ impl Metrics {
                 "Deleted or replaced entries still in the model's HNSW graph (filtered out until a rebuild).",
                 &["model"],
             ),
+            index_slots: gauge(
+                "index_slots",
+                "Vector slots the model's index holds, live or dead: what its memory is proportional to (dead ones are \
+                 dropped when the graph is rebuilt, or once they pile up without a graph).",
+                &["model"],
+            ),
+            corrupt_embeddings: counter(
+                "corrupt_embeddings_total",
+                "Stored embeddings found unusable at start-up (`problem`: non-finite, wrong-length) and encoded again.",
+                &["model", "problem"],
+            ),
+            heavy_searches_refused: counter(
+                "heavy_searches_refused_total",
+                "Exact or high-ef searches refused because max_heavy_searches were already running.",
+                &["model"],
+            ),
             exposures: counter(
                 "experiment_exposures_total",
                 "Searches served under a running experiment and queued for the exposure log, by serving arm \
@@ -270,7 +289,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 25, "one per field of Metrics");
+        assert_eq!(m.families.len(), 28, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and

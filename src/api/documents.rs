@@ -83,8 +83,8 @@ pub async fn upsert(
         }
     }
     let report = state.engine.upsert(documents).await?;
-    let models = state.engine.models().keys().cloned().collect();
-    Ok(axum::Json(UpsertResponse { upserted: report.upserted, models, truncated: report.truncated }).into_response())
+    Ok(axum::Json(UpsertResponse { upserted: report.upserted, models: report.models, truncated: report.truncated })
+        .into_response())
 }
 
 /// `GET /v1/documents/{id}`

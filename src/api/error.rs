@@ -81,6 +81,11 @@ impl From<EngineError> for ApiError {
                 ApiError::not_found("unknown-model", err.to_string()).with("known_models", known)
             }
             EngineError::NotReady(_) => ApiError::unavailable("not-ready", &err),
+            // Not retried soon: the model stays failed until the server restarts.
+            EngineError::Failed { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model-failed", err.to_string())
+            }
+            EngineError::Busy { .. } => ApiError::unavailable("too-many-heavy-searches", &err),
             EngineError::Encoder(err) => err.into(),
             EngineError::Store(err) => err.into(),
             EngineError::Index(err) => err.into(),
@@ -107,7 +112,7 @@ impl From<IndexError> for ApiError {
     fn from(err: IndexError) -> Self {
         match err {
             // A model whose vectors do not fit its index is a server fault, not the client's.
-            IndexError::Dimension { .. } => ApiError::internal(&err),
+            IndexError::Dimension { .. } | IndexError::NonFinite { .. } => ApiError::internal(&err),
         }
     }
 }
@@ -117,6 +122,8 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::CreateDir { .. }
             | StoreError::Open { .. }
+            | StoreError::Read { .. }
+            | StoreError::NotADatabase { .. }
             | StoreError::Migrate(_)
             | StoreError::Query(_)
             | StoreError::Corrupt(_) => ApiError::internal(&err),

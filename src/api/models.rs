@@ -16,6 +16,9 @@ pub struct IndexState {
     pub has_graph: bool,
     /// Deleted or replaced entries still in the graph, filtered out of results until a rebuild.
     pub dead_entries: usize,
+    /// Vector slots held, live or dead (dead ones are dropped when the graph is rebuilt, or once they pile up
+    /// without a graph).
+    pub slots: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,6 +50,7 @@ pub async fn list(State(state): State<AppState>) -> ApiJson<ModelList> {
                 params: *m.index_params(),
                 has_graph: m.index.has_graph(),
                 dead_entries: m.index.dead_in_graph(),
+                slots: m.index.slots(),
             },
         })
         .collect();

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
+use crate::engine::{ModelState, ModelStatus};
 
 /// The API description, served as it is in the repository.
 pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
@@ -16,6 +17,9 @@ pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
 pub struct ModelReadiness {
     pub ready: bool,
     pub documents: usize,
+    /// `loading`, `encoding`, `ready` or `failed`, and unless ready a `reason`.
+    #[serde(flatten)]
+    pub status: ModelStatus,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,13 +33,17 @@ pub async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 once every model's index is built, 503 before.
+/// `GET /readyz`: 200 once every model's index is built, 503 before (or when one failed), saying per model why.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let models: BTreeMap<String, ModelReadiness> = state
         .engine
         .models()
         .values()
-        .map(|m| (m.info.name.clone(), ModelReadiness { ready: m.is_ready(), documents: m.index.len() }))
+        .map(|m| {
+            let status = m.status();
+            let ready = status.state == ModelState::Ready;
+            (m.info.name.clone(), ModelReadiness { ready, documents: m.index.len(), status })
+        })
         .collect();
     let ready = models.values().all(|m| m.ready);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

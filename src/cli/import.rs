@@ -25,8 +25,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let engine = duet::engine::Engine::open(&config).await?;
     for prepared in engine.prepare_indexes().await? {
         eprintln!(
-            "{}: {} embeddings from the store, {} documents encoded ({:.1} s)",
-            prepared.model, prepared.from_store, prepared.encoded, prepared.seconds
+            "{}: {} embeddings from the store, {} documents encoded, {} unusable stored embeddings re-encoded \
+             ({:.1} s)",
+            prepared.model, prepared.from_store, prepared.encoded, prepared.reencoded, prepared.seconds
         );
     }
     let size = std::fs::metadata(&args.corpus).with_context(|| format!("reading {}", args.corpus.display()))?.len();

@@ -41,6 +41,8 @@ fn failure_message(err: &EngineError) -> String {
     match err {
         EngineError::UnknownModel { .. }
         | EngineError::NotReady(_)
+        | EngineError::Failed { .. }
+        | EngineError::Busy { .. }
         | EngineError::Encoder(EncoderError::Overloaded { .. } | EncoderError::Stopped { .. }) => err.to_string(),
         EngineError::DuplicateModel(_)
         | EngineError::Encoder(

@@ -4,6 +4,7 @@
 //! own `migrations/postgres`. The rows themselves are plain data in [`records`]. The store uses only [`crate::util`]:
 //! it knows nothing of the layers above it.
 
+pub mod header;
 pub mod records;
 pub mod sqlite;
 
@@ -32,6 +33,14 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot read the store file {location}")]
+    Read {
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("refusing to open the store at {location}: {reason}")]
+    NotADatabase { location: String, reason: String },
     #[error("store migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("store query failed")]
@@ -60,7 +69,8 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a document and its embeddings; returns whether it existed.
     async fn delete(&self, id: &str) -> Result<bool, StoreError>;
     async fn count(&self) -> Result<u64, StoreError>;
-    /// Every valid (current-text) embedding of a model version, as (document id, vector).
+    /// Every valid (current-text) embedding of a model version, as (document id, vector). A vector that cannot
+    /// be decoded comes back empty; the values are as stored (the caller checks them).
     async fn embeddings(&self, model: &str, model_version: &str) -> Result<Vec<(String, Vec<f32>)>, StoreError>;
     /// Up to `limit` documents with no valid embedding for a model version, in id order after `after`.
     async fn missing_embeddings(

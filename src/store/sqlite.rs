@@ -49,9 +49,11 @@ fn document_from_row(row: &SqliteRow) -> Result<Document, StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies pending migrations.
+    /// Opens (creating if needed) the database file and applies pending migrations. An existing file that is
+    /// not an SQLite database (an empty one included) is refused.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let location = path.display().to_string();
+        super::header::check_existing(path)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|source| StoreError::CreateDir { location: location.clone(), source })?;
@@ -230,7 +232,9 @@ impl Store for SqliteStore {
             .map(|row| {
                 let id: String = row.try_get("document_id")?;
                 let blob: &[u8] = row.try_get("vector")?;
-                let vector = blob_to_vector(&id, blob)?;
+                // An unreadable blob comes back empty: of the wrong length, so the engine encodes it again
+                // instead of the whole model failing to load.
+                let vector = blob_to_vector(&id, blob).unwrap_or_default();
                 Ok((id, vector))
             })
             .collect()

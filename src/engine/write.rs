@@ -1,0 +1,133 @@
+//! Writes: upserts and deletes. The caller's part (checks, encoding) may be abandoned at any point — nothing is
+//! committed yet. The commit-and-index part (the store transaction, then every index) runs as a spawned task that
+//! finishes whatever happens to the caller's future: a client that disconnects or a request that times out
+//! cannot leave a document committed to the store but absent from an index.
+//!
+//! Also the index upkeep after a write: gauges, and a background graph rebuild when one is due.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::join_all;
+
+use super::{blocking, Engine, EngineError, ModelState, ServedModel, UpsertReport};
+use crate::encoder::Side;
+use crate::metrics::Metrics;
+use crate::store::{content_hash, NewDocument, NewEmbedding};
+
+/// The models a write goes to: every model, once none is still preparing; a failed model is left out (it is not
+/// served, and it encodes what it lacks when it next prepares).
+fn write_targets(engine: &Engine) -> Result<Vec<Arc<ServedModel>>, EngineError> {
+    let models = engine.models();
+    // Writes wait for the indexes: a document deleted (or replaced) while its stored embedding is being loaded
+    // would come back as a ghost entry.
+    if let Some(model) = models.values().find(|m| matches!(m.state(), ModelState::Loading | ModelState::Encoding)) {
+        return Err(EngineError::NotReady(model.info.name.clone()));
+    }
+    Ok(models.values().filter(|m| m.is_ready()).cloned().collect())
+}
+
+impl Engine {
+    /// Inserts or replaces documents: encoded by every model, stored durably, indexed — then acknowledged.
+    /// Documents must already be validated and have distinct ids.
+    pub async fn upsert(&self, documents: Vec<NewDocument>) -> Result<UpsertReport, EngineError> {
+        let models = write_targets(self)?;
+        let texts: Vec<String> = documents.iter().map(|d| d.text.clone()).collect();
+        // Every model encodes at once, each on its own thread.
+        let encodings = join_all(models.iter().map(|m| m.encoder.encode(texts.clone(), Side::Document))).await;
+        let mut embeddings = Vec::with_capacity(documents.len() * models.len());
+        let mut per_model = Vec::with_capacity(models.len());
+        let mut truncated = BTreeMap::new();
+        for (model, encoded) in models.iter().zip(encodings) {
+            let encoded = encoded?;
+            let cut: Vec<String> =
+                documents.iter().zip(&encoded.truncated).filter(|(_, &t)| t).map(|(d, _)| d.id.clone()).collect();
+            if !cut.is_empty() {
+                truncated.insert(model.info.name.clone(), cut);
+            }
+            for (doc, vector) in documents.iter().zip(&encoded.vectors) {
+                embeddings.push(NewEmbedding {
+                    model: model.info.name.clone(),
+                    model_version: model.info.version.clone(),
+                    document_id: doc.id.clone(),
+                    content_hash: content_hash(&doc.text),
+                    vector: vector.clone(),
+                });
+            }
+            per_model.push((model.clone(), encoded.vectors));
+        }
+        let upserted = documents.len();
+        let names = models.iter().map(|m| m.info.name.clone()).collect();
+
+        let (store, writes, metrics) = (self.store.clone(), self.writes.clone(), self.metrics.clone());
+        let commit = tokio::spawn(async move {
+            let _write = writes.lock_owned().await;
+            store.upsert(&documents, &embeddings).await?;
+            let mut first_error = None;
+            for (model, vectors) in per_model {
+                let items: Vec<(String, Vec<f32>)> = documents.iter().map(|d| d.id.clone()).zip(vectors).collect();
+                let index = model.index.clone();
+                if let Err(err) = blocking(move || index.upsert(items)).await.and_then(|r| Ok(r?)) {
+                    first_error.get_or_insert(err);
+                }
+                maintain(&model, &metrics);
+            }
+            first_error.map_or(Ok(()), Err)
+        });
+        commit.await??;
+        Ok(UpsertReport { upserted, models: names, truncated })
+    }
+
+    /// Deletes a document from the store and every index; returns whether it existed.
+    pub async fn delete(&self, id: &str) -> Result<bool, EngineError> {
+        let models = write_targets(self)?;
+        let (store, writes, metrics, id) =
+            (self.store.clone(), self.writes.clone(), self.metrics.clone(), id.to_string());
+        let commit = tokio::spawn(async move {
+            let _write = writes.lock_owned().await;
+            let existed = store.delete(&id).await?;
+            for model in &models {
+                model.index.delete(&id);
+                maintain(model, &metrics);
+            }
+            Ok::<_, EngineError>(existed)
+        });
+        commit.await?
+    }
+
+    /// Builds every graph that is due now, and waits for it (searches go on meanwhile).
+    pub async fn build_graphs(&self) -> Result<(), EngineError> {
+        for model in self.models().values() {
+            // A rebuild already running in the background is waited for.
+            while model.index.needs_rebuild() || model.index.is_rebuilding() {
+                let index = model.index.clone();
+                if !blocking(move || index.rebuild_graph()).await? {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+            update_gauges(model, &self.metrics);
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn update_gauges(model: &ServedModel, metrics: &Metrics) {
+    let name = model.info.name.as_str();
+    metrics.documents.with_label_values(&[name]).set(model.index.len() as i64);
+    metrics.index_deleted.with_label_values(&[name]).set(model.index.dead_in_graph() as i64);
+    metrics.index_slots.with_label_values(&[name]).set(model.index.slots() as i64);
+}
+
+/// Updates the model's gauges, and rebuilds its graph in the background when it has grown past `exact_below` or
+/// holds too many dead entries; searches go on meanwhile.
+pub(super) fn maintain(model: &Arc<ServedModel>, metrics: &Arc<Metrics>) {
+    update_gauges(model, metrics);
+    if model.index.needs_rebuild() {
+        let (model, metrics) = (model.clone(), metrics.clone());
+        tokio::task::spawn_blocking(move || {
+            if model.index.rebuild_graph() {
+                update_gauges(&model, &metrics);
+            }
+        });
+    }
+}
