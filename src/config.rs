@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::{AuthError, AuthSettings};
 use crate::encoder::onnx::SessionOptions;
 use crate::encoder::queue::QueueOptions;
 use crate::index::IndexParams;
@@ -22,6 +23,8 @@ pub enum ConfigError {
     },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// The whole configuration.
@@ -52,6 +55,9 @@ pub struct Config {
     /// The exposure log and shadow searches of live experiments.
     #[serde(default)]
     pub experiments: ExperimentSettings,
+    /// API keys, open operational endpoints, the Host allow-list and CORS (`[auth]`).
+    #[serde(default)]
+    pub auth: AuthSettings,
 }
 
 /// Settings of live experiments (`[experiments]`).
@@ -172,6 +178,7 @@ impl Default for Config {
             encoder: EncoderSettings::default(),
             models: Vec::new(),
             experiments: ExperimentSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -221,6 +228,7 @@ impl Config {
                 "[experiments] exposure_queue, exposure_batch and shadow_concurrency must be positive".into(),
             ));
         }
+        self.auth.validate(self.listen)?;
         for m in &self.models {
             let p = &m.index;
             if p.m < 2 || p.m > 255 || p.ef_construction == 0 || p.ef_search == 0 {
@@ -265,6 +273,7 @@ mod tests {
         example.validate().unwrap();
         assert_eq!(example.limits, Limits::default());
         assert_eq!(example.experiments, ExperimentSettings::default());
+        assert_eq!(example.auth, AuthSettings::default());
         Config::from_file(&root.join("duet.toml")).unwrap().validate().unwrap();
         let mut zero = example;
         zero.experiments.exposure_queue = 0;

@@ -64,6 +64,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         engine: engine.clone(),
         experiments: experiments.clone(),
         eval_jobs: Default::default(),
+        guard: Arc::new(crate::api::guard::Guard::new(&config.auth)),
     });
     let serve = tokio::spawn(async move {
         axum::serve(listener, app)
