@@ -397,3 +397,27 @@ async fn the_key_duet_keys_prints_authenticates_from_the_config_and_the_environm
     child.wait().unwrap();
     assert_eq!((refused, served), (401, 200));
 }
+
+#[test]
+fn the_spec_states_each_operations_scope_and_its_refusals() {
+    let text = std::fs::read_to_string(common::repo().join("openapi.yaml")).unwrap();
+    let spec: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    assert_eq!(spec["components"]["securitySchemes"]["bearerAuth"]["scheme"].as_str(), Some("bearer"));
+    for (method, path, access) in duet::api::route_access() {
+        let operation = &spec["paths"][path][method.to_lowercase().as_str()];
+        let security = serde_json::to_value(&operation["security"]).unwrap();
+        let responses = &operation["responses"];
+        let has = |code: &str| !responses[code].is_null();
+        match access {
+            Access::Needs(scope) => {
+                assert_eq!(security, json!([{"bearerAuth": [scope.as_str()]}]), "{method} {path}");
+                assert!(has("401") && has("403"), "{method} {path} lists 401 and 403");
+            }
+            Access::Ops => {
+                assert_eq!(security, json!([{}, {"bearerAuth": []}]), "{method} {path}: open or any key");
+                assert!(has("401"), "{method} {path} lists 401 (when keyed)");
+            }
+        }
+        assert!(has("421"), "{method} {path} lists the Host refusal");
+    }
+}
