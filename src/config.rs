@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::{AuthError, AuthSettings};
 use crate::encoder::onnx::SessionOptions;
 use crate::encoder::queue::QueueOptions;
 use crate::index::IndexParams;
@@ -22,6 +23,8 @@ pub enum ConfigError {
     },
     #[error("invalid config: {0}")]
     Invalid(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// The whole configuration.
@@ -58,6 +61,9 @@ pub struct Config {
     /// Connections: their number, their timeouts, and the shutdown deadline.
     #[serde(default)]
     pub http: HttpSettings,
+    /// API keys, open operational endpoints, the Host allow-list and CORS (`[auth]`).
+    #[serde(default)]
+    pub auth: AuthSettings,
 }
 
 /// Bounds on evaluation jobs (`[eval]`): they run in the background, below live traffic.
@@ -238,6 +244,7 @@ impl Default for Config {
             experiments: ExperimentSettings::default(),
             eval: EvalSettings::default(),
             http: HttpSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -308,6 +315,7 @@ impl Config {
         if v.max_jobs == 0 || v.concurrency == 0 || v.kept_jobs == 0 {
             return Err(ConfigError::Invalid("[eval] max_jobs, concurrency and kept_jobs must be positive".into()));
         }
+        self.auth.validate(self.listen)?;
         for m in &self.models {
             let p = &m.index;
             if p.m < 2 || p.m > 255 || p.ef_construction == 0 || p.ef_search == 0 {
@@ -354,6 +362,7 @@ mod tests {
         assert_eq!(example.experiments, ExperimentSettings::default());
         assert_eq!(example.eval, EvalSettings::default());
         assert_eq!(example.http, HttpSettings::default());
+        assert_eq!(example.auth, AuthSettings::default());
         Config::from_file(&root.join("duet.toml")).unwrap().validate().unwrap();
         let mut zero = example;
         zero.experiments.exposure_queue = 0;

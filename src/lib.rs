@@ -6,7 +6,8 @@
 //! [`encoder`] (tokenize, ONNX, pool; one batching queue per model on its own thread) / [`index`] (HNSW or exact
 //! search per model) → [`store`] (documents, embeddings and experiments in SQL, as [`store::records`]).
 //!
-//! Around it: [`server`] wires it all to a listening socket, [`config`] reads `duet.toml`, [`metrics`] owns the
+//! Around it: [`server`] wires it all to a listening socket, [`config`] reads `duet.toml`, [`auth`] decides who may
+//! call (API keys and scopes, the Host allow-list, CORS origins; a leaf the API enforces), [`metrics`] owns the
 //! Prometheus registry, [`corpus`] imports JSONL corpora, [`eval`] scores models on held-out pairs (offline, and
 //! live through `/v1/eval`), `train` trains a two-tower model and exports it to ONNX (feature `train`), `mine`
 //! mines (query, result) pairs from source code (feature `mine`). [`lexical`] (BM25) and [`util`] are leaves that
@@ -14,6 +15,7 @@
 //! `tests/architecture.rs` checks it.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod corpus;
 pub mod encoder;

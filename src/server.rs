@@ -70,6 +70,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         engine: engine.clone(),
         experiments: experiments.clone(),
         eval_jobs: Arc::new(crate::eval::live::EvalJobs::new(config.eval, engine.metrics.clone())),
+        guard: Arc::new(crate::api::guard::Guard::new(&config.auth)),
     });
     let metrics = &engine.metrics;
     let edge = edge::Edge {

@@ -140,7 +140,7 @@ async fn a_slow_loris_connection_is_closed_after_the_header_timeout_however_it_t
     }))
     .await;
     let mut stream = connect(&server).await;
-    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
     let (mut reader, mut writer) = stream.into_split();
     // One more header byte every 100 ms does not keep it open.
     let trickle = tokio::spawn(async move {
@@ -182,7 +182,7 @@ async fn idle_connections_and_clients_that_stop_reading_are_closed_after_the_idl
     .await;
     // Keep-alive after one request: closed once idle for 1 s (not after the 30 s header timeout).
     let mut idle = connect(&server).await;
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut idle, Duration::from_secs(5)).await.status, 200);
     let took = wait_closed(&mut idle, Duration::from_secs(10)).await;
     assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(5), "closed after {took:?}");
@@ -192,7 +192,7 @@ async fn idle_connections_and_clients_that_stop_reading_are_closed_after_the_idl
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stalled = socket.connect(server.server.addr).await.unwrap();
-    let requests = "GET /openapi.yaml HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+    let requests = "GET /openapi.yaml HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(200);
     stalled.write_all(requests.as_bytes()).await.unwrap();
     wait_metric(&server, r#"duet_http_connections_timed_out_total{reason="write"}"#, 1.0).await;
     drop(stalled);
@@ -202,7 +202,7 @@ async fn idle_connections_and_clients_that_stop_reading_are_closed_after_the_idl
 /// One request on a fresh connection: the response, and the connection (kept alive).
 async fn get_on_new_connection(addr: std::net::SocketAddr, path: &str) -> (Raw, TcpStream) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
     (read_response(&mut stream, Duration::from_secs(5)).await, stream)
 }
 
@@ -257,7 +257,7 @@ async fn an_oversize_content_length_is_answered_413_before_the_body_is_sent() {
     let started = Instant::now();
     stream
         .write_all(
-            b"POST /v1/documents HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{\"documents\": [",
+            b"POST /v1/documents HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{\"documents\": [",
         )
         .await
         .unwrap();
@@ -284,26 +284,26 @@ async fn long_targets_large_heads_and_unparsable_requests_are_problems() {
         }
     };
     // Over the configured limits (8 KiB target, 32 KiB headers): the router's checks.
-    let long = format!("GET /v1/search?q={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000));
+    let long = format!("GET /v1/search?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n", "a".repeat(9000));
     let response = ask(long).await;
     assert_eq!((response.status, &response.problem()["type"]), (414, &json!("/problems/uri-too-long")));
-    let big = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(40_000));
+    let big = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n", "b".repeat(40_000));
     let response = ask(big).await;
     assert_eq!((response.status, &response.problem()["type"]), (431, &json!("/problems/headers-too-large")));
 
     // Beyond what hyper parses (a 64 KiB target, 100 headers) and plain malformed requests: hyper's own answers,
     // sent as problems.
-    let huge = format!("GET /healthz?q={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let huge = format!("GET /healthz?q={} HTTP/1.1\r\nHost: localhost\r\n\r\n", "a".repeat(70_000));
     let response = ask(huge).await;
     assert_eq!((response.status, &response.problem()["type"]), (414, &json!("/problems/uri-too-long")));
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let response = ask(format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n")).await;
+    let response = ask(format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{many}\r\n")).await;
     assert_eq!((response.status, &response.problem()["type"]), (431, &json!("/problems/headers-too-large")));
     for bad in [
-        "GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
-        "G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-        "GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",
-        "POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nBad Header\r\n\r\n",
+        "G(T /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "GET /healthz HTTP/9.9\r\nHost: localhost\r\n\r\n",
+        "POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Length: ten\r\n\r\n",
     ] {
         let response = ask(bad.to_string()).await;
         assert_eq!(response.status, 400, "{bad:?} → {response:?}");
@@ -344,9 +344,9 @@ async fn shutdown_closes_idle_and_half_sent_connections_at_once_and_writes_queue
     }
     // A slow-loris connection and an idle keep-alive connection stay open.
     let mut slow = connect(&server).await;
-    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").await.unwrap();
     let mut idle = connect(&server).await;
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut idle, Duration::from_secs(5)).await.status, 200);
     wait_metric(&server, "duet_http_connections_open", 2.0).await;
 
@@ -376,7 +376,7 @@ async fn shutdown_lets_requests_in_flight_finish_and_cuts_those_past_its_deadlin
     for _ in 0..2 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let head = format!(
-            "POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+            "POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
              Expect: 100-continue\r\n\r\n",
             body.len()
         );

@@ -1,7 +1,8 @@
 //! The HTTP API (axum, JSON, versioned under `/v1`): one file per resource, the router, and the middleware that
 //! gives every response a request id, refuses oversize requests before reading them (413 on `Content-Length`,
-//! 414, 431) and records request metrics. Every route is listed once, in [`routes`];
-//! `openapi.yaml` must describe exactly those (a test checks it).
+//! 414, 431) and records request metrics ([`guard`] adds the Host check, CORS and API keys). Every route is
+//! listed once, in [`routes`], with the access it needs; `openapi.yaml` must describe exactly those (a test
+//! checks it).
 
 pub mod documents;
 pub mod embed;
@@ -9,6 +10,7 @@ pub mod error;
 pub mod eval;
 pub mod experiments;
 pub mod feedback;
+pub mod guard;
 pub mod models;
 pub mod ops;
 pub mod search;
@@ -29,6 +31,7 @@ use crate::config::Limits;
 use crate::engine::Engine;
 use crate::experiment::Experiments;
 pub use error::ApiError;
+use guard::{Access, Guard, ADMIN, OPS, SEARCH, WRITE};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -36,6 +39,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub experiments: Arc<Experiments>,
     pub eval_jobs: Arc<eval::EvalJobs>,
+    /// API keys, open operational endpoints, Host allow-list and CORS.
+    pub guard: Arc<Guard>,
 }
 
 /// The id of the request, from a valid incoming `X-Request-Id` or freshly made; echoed in the response header.
@@ -48,45 +53,58 @@ pub struct ServedBy(pub String);
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Every route: method, path, handler.
-fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
+/// Every route: method, path, who may call it, handler. The access column sits in the table so that no route
+/// can be added without deciding it (tests walk it): `OPS` (probes, metrics, this API's description: open or
+/// any key, per `auth.open_ops`), `SEARCH` (searches, embeddings, feedback, reads), `WRITE` (documents),
+/// `ADMIN` (experiments, evaluation runs, anything else that changes state).
+fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
     vec![
-        ("GET", "/healthz", get(ops::healthz)),
-        ("GET", "/readyz", get(ops::readyz)),
-        ("GET", "/metrics", get(ops::metrics)),
-        ("GET", "/openapi.yaml", get(ops::openapi)),
-        ("GET", "/v1/models", get(models::list)),
-        ("POST", "/v1/documents", post(documents::upsert)),
-        ("GET", "/v1/documents/{id}", get(documents::get_one)),
-        ("DELETE", "/v1/documents/{id}", delete(documents::delete_one)),
-        ("GET", "/v1/search", get(search::search_get)),
-        ("POST", "/v1/search", post(search::search_post)),
-        ("POST", "/v1/embed", post(embed::embed)),
-        ("GET", "/v1/experiments", get(experiments::list)),
-        ("POST", "/v1/experiments", post(experiments::create)),
-        ("GET", "/v1/experiments/{id}", get(experiments::get_one)),
-        ("PATCH", "/v1/experiments/{id}", patch(experiments::update)),
-        ("GET", "/v1/experiments/{id}/report", get(experiments::report)),
-        ("POST", "/v1/feedback", post(feedback::record)),
-        ("POST", "/v1/eval", post(eval::start)),
-        ("GET", "/v1/eval/{id}", get(eval::get_job)),
-        ("DELETE", "/v1/eval/{id}", delete(eval::cancel)),
+        ("GET", "/healthz", OPS, get(ops::healthz)),
+        ("GET", "/readyz", OPS, get(ops::readyz)),
+        ("GET", "/metrics", OPS, get(ops::metrics)),
+        ("GET", "/openapi.yaml", OPS, get(ops::openapi)),
+        ("GET", "/v1/models", SEARCH, get(models::list)),
+        ("POST", "/v1/documents", WRITE, post(documents::upsert)),
+        ("GET", "/v1/documents/{id}", SEARCH, get(documents::get_one)),
+        ("DELETE", "/v1/documents/{id}", WRITE, delete(documents::delete_one)),
+        ("GET", "/v1/search", SEARCH, get(search::search_get)),
+        ("POST", "/v1/search", SEARCH, post(search::search_post)),
+        ("POST", "/v1/embed", SEARCH, post(embed::embed)),
+        ("GET", "/v1/experiments", SEARCH, get(experiments::list)),
+        ("POST", "/v1/experiments", ADMIN, post(experiments::create)),
+        ("GET", "/v1/experiments/{id}", SEARCH, get(experiments::get_one)),
+        ("PATCH", "/v1/experiments/{id}", ADMIN, patch(experiments::update)),
+        ("GET", "/v1/experiments/{id}/report", SEARCH, get(experiments::report)),
+        ("POST", "/v1/feedback", SEARCH, post(feedback::record)),
+        ("POST", "/v1/eval", ADMIN, post(eval::start)),
+        ("GET", "/v1/eval/{id}", SEARCH, get(eval::get_job)),
+        ("DELETE", "/v1/eval/{id}", ADMIN, delete(eval::cancel)),
     ]
 }
 
 /// (method, path) of every route the router serves.
 pub fn route_table() -> Vec<(&'static str, &'static str)> {
-    routes().into_iter().map(|(method, path, _)| (method, path)).collect()
+    routes().into_iter().map(|(method, path, _, _)| (method, path)).collect()
+}
+
+/// (method, path, access) of every route the router serves.
+pub fn route_access() -> Vec<(&'static str, &'static str, Access)> {
+    routes().into_iter().map(|(method, path, access, _)| (method, path, access)).collect()
 }
 
 pub fn router(state: AppState) -> Router {
     let limits = state.engine.limits;
+    let guard = state.guard.clone();
     let mut router = Router::new();
-    // Routes on the same path merge into one method router.
-    for (_, path, handler) in routes() {
+    // Routes on the same path merge into one method router; each method keeps its own key check.
+    for (_, path, access, handler) in routes() {
+        let handler = match guard.route_check(access, path) {
+            Some(check) => handler.route_layer(middleware::from_fn_with_state(check, guard::require_key)),
+            None => handler,
+        };
         router = router.route(path, handler);
     }
-    router
+    let router = router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -97,9 +115,16 @@ pub fn router(state: AppState) -> Router {
                 "internal error; the server log has the details",
             )
             .into_response()
-        }))
-        // Outside the panic catcher, so every response — timeouts and panics included — gets a request id and
-        // is counted.
+        }));
+    // CORS outside the handlers and key checks, so that preflights need no key and errors carry its headers.
+    let router = match guard.cors_layer() {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router
+        .layer(middleware::from_fn_with_state(guard, guard::check_host))
+        // Outside the panic catcher and the Host check, so every response — timeouts, panics and refusals
+        // included — gets a request id and is counted.
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

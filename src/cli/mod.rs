@@ -7,6 +7,7 @@ pub mod bench;
 #[cfg(feature = "offline-eval")]
 pub mod eval;
 pub mod import;
+pub mod keys;
 #[cfg(feature = "mine")]
 pub mod mine;
 pub mod serve;
@@ -38,6 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve the configured models over HTTP.
     Serve(serve::Args),
+    /// Make an API key: prints the key once, and the config entry with its salted hash.
+    Keys(keys::Args),
     /// Import a JSONL corpus ({"id","text","metadata"?} per line) into the store, encoded by every model.
     Import(import::Args),
     /// Check a model folder against its reference vectors (reference.json): Duet's tokenizer, ONNX Runtime and
@@ -70,7 +73,7 @@ impl Command {
     fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Serve(_) | Command::Import(_) => "info,ort=warn",
-            Command::Verify(_) | Command::BenchEncode(_) | Command::Simulate(_) => "warn",
+            Command::Keys(_) | Command::Verify(_) | Command::BenchEncode(_) | Command::Simulate(_) => "warn",
             #[cfg(feature = "offline-eval")]
             Command::Eval(_) => "warn",
             #[cfg(feature = "mine")]
@@ -83,6 +86,7 @@ impl Command {
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
             Command::Serve(args) => serve::run(args).await,
+            Command::Keys(args) => keys::run(args),
             Command::Import(args) => import::run(args).await,
             Command::Verify(args) => verify::run(args),
             Command::BenchEncode(args) => bench::run(args),

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
+use duet::auth::KeyEntry;
 use duet::config::{Config, ModelEntry};
 
 use super::RuntimeArgs;
@@ -66,6 +67,44 @@ pub struct Args {
     /// JSONL corpus to import at start-up (unchanged documents are skipped).
     #[arg(long, env = "DUET_IMPORT")]
     pub import: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Who may call the server, on top of the config's `[auth]` table.
+#[derive(ClapArgs)]
+pub struct AuthArgs {
+    /// API key entries `name:scope+scope:hash`, as `duet keys` prints them, added to the config's
+    /// [[auth.keys]]; comma-separated in the environment variable.
+    #[arg(long = "api-key", env = "DUET_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub keys: Vec<KeyEntry>,
+    /// Serve a non-loopback --listen without API keys (anyone who can reach the port may write).
+    #[arg(long, env = "DUET_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Host names clients reach the server by (replaces auth.allowed_hosts; default localhost, 127.0.0.1,
+    /// [::1]; `*` for any); comma-separated in the environment variable.
+    #[arg(long, env = "DUET_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed by CORS, e.g. https://app.example.com (replaces auth.cors_origins; default none);
+    /// comma-separated in the environment variable.
+    #[arg(long, env = "DUET_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+}
+
+impl AuthArgs {
+    fn apply(self, config: &mut Config) {
+        let auth = &mut config.auth;
+        auth.keys.extend(self.keys);
+        auth.allow_unauthenticated |= self.allow_unauthenticated;
+        let hosts: Vec<String> = self.allowed_hosts.into_iter().filter(|h| !h.trim().is_empty()).collect();
+        if !hosts.is_empty() {
+            auth.allowed_hosts = Some(hosts);
+        }
+        let origins: Vec<String> = self.cors_origins.into_iter().filter(|o| !o.trim().is_empty()).collect();
+        if !origins.is_empty() {
+            auth.cors_origins = origins;
+        }
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -76,6 +115,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(import) = args.import {
         config.import = Some(import);
     }
+    args.auth.apply(&mut config);
     let server = duet::server::start(config).await?;
     println!("duet listening on http://{}", server.addr);
     server.run_until(shutdown_signal()).await
