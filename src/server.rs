@@ -1,7 +1,8 @@
 //! Wiring: open the engine, bind the socket, serve the API, build the indexes in the background (the server
 //! answers `/healthz` at once and `/readyz` once every index is ready), import the start-up corpus if one is
-//! configured, and shut down gracefully within `[http] shutdown_grace_secs`. The connections themselves (limits,
-//! timeouts, draining) are the edge's.
+//! configured (into the models that are served: one that failed to prepare is skipped and logged), and shut
+//! down gracefully within `[http] shutdown_grace_secs`. The connections themselves (limits, timeouts,
+//! draining) are the edge's.
 
 mod conn;
 mod edge;
@@ -45,21 +46,30 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         let import = config.import.clone();
         async move {
             if let Err(err) = engine.prepare_indexes().await {
-                tracing::error!(error = %error_chain(&err), "building the indexes failed; the server stays unready");
+                tracing::error!(error = %error_chain(&err), "building an index failed; the server stays unready");
+            }
+            let Some(path) = import else { return };
+            // A model that failed is not served; the import goes on for the ones that are.
+            let (served, failed): (Vec<_>, Vec<_>) = engine.models().values().cloned().partition(|m| m.is_ready());
+            for model in &failed {
+                tracing::warn!(model = %model.info.name, file = %path.display(),
+                    reason = model.status().reason.unwrap_or_default(),
+                    "this model failed to prepare; the start-up import skips it");
+            }
+            if served.is_empty() {
+                tracing::error!(file = %path.display(), "no model is served; the start-up import is not run");
                 return;
             }
-            if let Some(path) = import {
-                match import_jsonl(&engine, &path, 64, |_, _| {}).await {
-                    Ok(report) => {
-                        for bad in &report.bad_lines {
-                            tracing::warn!(file = %path.display(), line = bad.line, "{}", bad.message);
-                        }
-                        tracing::info!(file = %path.display(), upserted = report.upserted,
-                            unchanged = report.unchanged, bad = report.bad_lines.len(), "start-up import done");
+            match import_jsonl(&engine, &path, 64, |_, _| {}).await {
+                Ok(report) => {
+                    for bad in &report.bad_lines {
+                        tracing::warn!(file = %path.display(), line = bad.line, "{}", bad.message);
                     }
-                    Err(err) => {
-                        tracing::error!(file = %path.display(), error = %error_chain(&err), "start-up import failed")
-                    }
+                    tracing::info!(file = %path.display(), upserted = report.upserted,
+                        unchanged = report.unchanged, bad = report.bad_lines.len(), "start-up import done");
+                }
+                Err(err) => {
+                    tracing::error!(file = %path.display(), error = %error_chain(&err), "start-up import failed")
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! covered as soon as it is added) refuses a missing or unknown key with 401 and a key without its scope with
 //! 403; keys with the scope do the work; operational endpoints are open or keyed as configured; the Host check;
 //! CORS preflights; a non-loopback listen without keys refuses to start; and the key `duet keys` prints
-//! authenticates, from the config file and from `DUET_API_KEYS`.
+//! authenticates, from the config file and from `DUET_API_KEYS`; `duet simulate` sends its `--api-key`.
 
 mod common;
 
@@ -462,4 +462,26 @@ fn the_docker_setup_needs_keys_and_uses_no_anonymous_or_default_credentials() {
         Some("/run/secrets/duet_metrics_key"),
         "the secret compose mounts"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duet_simulate_sends_its_api_key_to_a_keyed_server() {
+    use duet::experiment::simulate::{fetch_rankings, Server};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, keys) = keyed(&dir.path().join("duet.db"), AuthSettings::default());
+    let server = TestServer::start(config).await;
+    let corpus = common::sample_corpus();
+    let upsert = server.client.post(server.url("/v1/documents")).bearer_auth(&keys.write);
+    assert_eq!(upsert.json(&json!({ "documents": corpus })).send().await.unwrap().status(), 200);
+    let relevant = [corpus[0]["id"].as_str().unwrap().to_string()].into_iter().collect();
+    let queries = vec![(corpus[0]["text"].as_str().unwrap().to_string(), relevant)];
+    let models = ["tiny-encoder", "tiny-llm"];
+
+    let with_key = Server::new(&server.base, Some(&keys.search)).unwrap();
+    let rankings = fetch_rankings(&with_key, models, &queries, 3, |_| {}).await.unwrap();
+    assert!(rankings.iter().all(|r| r[0].len() == 3), "{rankings:?}");
+    let without = Server::new(&server.base, None).unwrap();
+    let err = format!("{:#}", fetch_rankings(&without, models, &queries, 3, |_| {}).await.unwrap_err());
+    assert!(err.contains("401"), "{err}");
+    server.stop().await;
 }

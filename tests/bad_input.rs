@@ -1,5 +1,6 @@
 //! Everything a client can get wrong is a 4xx `application/problem+json` with a message that says what to change
-//! — never a 500, never a panic.
+//! — never a 500, never a panic — and bodies are read as the spec defines them (an object, no null for an
+//! optional member, `5.0` an integer).
 
 mod common;
 
@@ -77,6 +78,33 @@ async fn bad_requests_get_clear_problems() {
     assert!(b["detail"].as_str().unwrap().contains("top_k"), "{b}");
     assert_eq!(post_json(&server, "/v1/search", json!({"k": 3})).await.0, 422, "query is required");
     assert_eq!(post_json(&server, "/v1/search", json!("just a string")).await.0, 422);
+    // A body must be an object: an array is not read as the fields in order.
+    for (path, array) in [
+        ("/v1/search", json!(["x", 3])),
+        ("/v1/documents", json!([[{"id": "a", "text": "t"}]])),
+        ("/v1/embed", json!([["a"]])),
+    ] {
+        let (s, b) = post_json(&server, path, array).await;
+        assert_eq!(s, 422, "{path}: {b}");
+        assert!(b["detail"].as_str().unwrap().contains("object"), "{b}");
+    }
+    // An optional member that is given must hold a value: null is not read as absent.
+    for member in ["model", "experiment", "unit_id", "ef"] {
+        let (s, b) = post_json(&server, "/v1/search", json!({"query": "x", member: null})).await;
+        assert_eq!(s, 422, "{member}: null → {b}");
+        assert!(b["detail"].as_str().unwrap().contains(member), "{b}");
+    }
+    for (path, body) in [
+        ("/v1/embed", json!({"texts": ["a"], "model": null})),
+        ("/v1/eval", json!({"pairs": [{"query": "q", "doc_id": "d"}], "models": null})),
+    ] {
+        let (s, b) = post_json(&server, path, body).await;
+        assert_eq!(s, 422, "{path}: {b}");
+        assert!(b["detail"].as_str().unwrap().contains("null"), "{b}");
+    }
+    // An integral number is an integer, as JSON Schema reads it.
+    assert_eq!(server.post("/v1/search", &json!({"query": "x", "k": 5.0, "ef": 64.0})).await.0, 200);
+    assert_eq!(post_json(&server, "/v1/search", json!({"query": "x", "k": 5.5})).await.0, 422);
 
     // GET search: missing q, non-numeric k, unknown model.
     assert_eq!(problem(&server, "GET", "/v1/search?k=3", None, None).await.0, 400);

@@ -1,6 +1,7 @@
 //! Data checked at load, and bounded work per request: unusable stored embeddings (NaN, wrong length) are
 //! re-encoded at start-up without stopping any model, empty or foreign store files are refused, `/readyz` says
-//! per model where it stands, heavy searches beyond the limit get 503, and a huge text is cut before tokenising.
+//! per model where it stands (and a model that fails to prepare leaves the start-up import running for the
+//! others), heavy searches beyond the limit get 503, and a huge text is cut before tokenising.
 
 mod common;
 
@@ -202,4 +203,48 @@ async fn a_huge_text_is_cut_before_tokenising_and_reported_truncated() {
         .await;
     assert_eq!(body["embeddings"][0], head["embeddings"][0]);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_import_runs_for_the_served_models_when_one_fails_to_prepare() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("duet.db");
+    let server = TestServer::start(tiny_config(&store)).await;
+    let corpus = common::sample_corpus();
+    assert_eq!(server.post("/v1/documents", &json!({ "documents": corpus })).await.0, 200);
+    server.stop().await;
+
+    // tiny-llm must encode a document whose metadata is unreadable: preparing that one model fails.
+    let broken = corpus[0]["id"].as_str().unwrap();
+    let pool = open(&store).await;
+    sqlx::query("DELETE FROM embeddings WHERE model = 'tiny-llm' AND document_id = ?")
+        .bind(broken)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE documents SET metadata = 'not json' WHERE id = ?").bind(broken).execute(&pool).await.unwrap();
+    pool.close().await;
+    let import = dir.path().join("start-up.jsonl");
+    let line = json!({"id": "imported", "text": "kill the process listening on a port"});
+    std::fs::write(&import, format!("{line}\n")).unwrap();
+    let mut config = tiny_config(&store);
+    config.import = Some(import);
+
+    let running = duet::server::start(config).await.unwrap();
+    let (base, client) = (format!("http://{}", running.addr), reqwest::Client::new());
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while client.get(format!("{base}/v1/documents/imported")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the start-up import did not run");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let response = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let ready: Value = response.json().await.unwrap();
+    assert_eq!(ready["models"]["tiny-llm"]["state"], "failed", "{ready}");
+    assert!(ready["models"]["tiny-llm"]["reason"].as_str().unwrap().contains("not JSON"), "{ready}");
+    for model in ["tiny-encoder", "tiny-two-tower"] {
+        assert_eq!(ready["models"][model]["state"], "ready", "{ready}");
+        assert_eq!(ready["models"][model]["documents"], corpus.len() + 1, "{model} indexed the import: {ready}");
+    }
+    running.shutdown().await.unwrap();
 }

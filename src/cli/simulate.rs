@@ -23,6 +23,9 @@ pub struct SimulationArgs {
     /// Base URL of the running server.
     #[arg(long, env = "DUET_SIMULATE_SERVER", default_value = "http://127.0.0.1:8080")]
     pub server: String,
+    /// API key sent as `Authorization: Bearer` (one with the `search` scope), for a server that needs keys.
+    #[arg(long, env = "DUET_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// Data folder with test.jsonl ({"query","doc_id"} per line); the relevant documents must be served.
     #[arg(long, env = "DUET_SIMULATE_DATA")]
     pub data: PathBuf,
@@ -107,9 +110,9 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let clicks = click_model(c)?;
     let queries = simulate::load_queries(&c.data.join("test.jsonl"), c.queries)?;
     let bar = progress_bar(queries.len(), "searches");
-    let server = c.server.trim_end_matches('/');
+    let server = simulate::Server::new(&c.server, c.api_key.as_deref())?;
     let outcome = simulate::replay(
-        server,
+        &server,
         &args.experiment,
         &args.baseline_model,
         &queries,
@@ -202,8 +205,8 @@ async fn power(args: PowerArgs) -> anyhow::Result<()> {
     let queries = simulate::load_queries(&c.data.join("test.jsonl"), c.queries)?;
     let bar = progress_bar(queries.len(), "queries");
     let models = [args.models[0].as_str(), args.models[1].as_str()];
-    let server = c.server.trim_end_matches('/');
-    let rankings = simulate::fetch_rankings(server, models, &queries, c.k, |n| bar.set_position(n as u64)).await?;
+    let server = simulate::Server::new(&c.server, c.api_key.as_deref())?;
+    let rankings = simulate::fetch_rankings(&server, models, &queries, c.k, |n| bar.set_position(n as u64)).await?;
     bar.finish_and_clear();
     let started = std::time::Instant::now();
     let outcome = simulate::power(&rankings, &queries, &settings);

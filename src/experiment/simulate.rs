@@ -7,6 +7,9 @@
 //! - [`power`] answers "how much traffic does each design need?": it fetches both models' rankings once, then
 //!   runs many simulated A/B tests and interleaving experiments offline (with the server's own team-draft and
 //!   tests) and counts the impressions until the first p < alpha, checking every `check_every` impressions.
+//!
+//! Both call the server through a [`Server`], which sends the API key (as `Authorization: Bearer`) when one is
+//! given; a key with the `search` scope is enough.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -73,6 +76,30 @@ pub fn load_queries(path: &Path, limit: usize) -> Result<Vec<(String, HashSet<St
         .collect())
 }
 
+/// A running server: its base URL, and a client that sends the API key, if any, with every request.
+pub struct Server {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Server {
+    pub fn new(base: &str, api_key: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = api_key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .context("the API key is not a valid HTTP header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder().default_headers(headers).build()?;
+        Ok(Self { base: base.trim_end_matches('/').to_string(), client })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Value> {
     let response = client.post(url).json(body).send().await.with_context(|| format!("POST {url}"))?;
     let status = response.status();
@@ -127,7 +154,7 @@ pub struct ReplayOutcome {
 /// their clicks as feedback, and returns the experiment's report.
 #[allow(clippy::too_many_arguments)]
 pub async fn replay(
-    server: &str,
+    server: &Server,
     experiment: &str,
     baseline_model: &str,
     queries: &[(String, HashSet<String>)],
@@ -137,8 +164,8 @@ pub async fn replay(
     seed: u64,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<ReplayOutcome> {
-    let client = reqwest::Client::new();
-    let search_url = format!("{server}/v1/search");
+    let client = &server.client;
+    let search_url = server.url("/v1/search");
     let mut rng = Rng::new(seed);
     let (mut exp_ms, mut base_ms, mut overhead_ms) = (Vec::new(), Vec::new(), Vec::new());
     let mut clicked = 0;
@@ -146,14 +173,14 @@ pub async fn replay(
         let unit = format!("sim-user-{}", i % users.max(1));
         let started = Instant::now();
         let body =
-            post(&client, &search_url, &json!({"query": query, "k": k, "experiment": experiment, "unit_id": unit}))
+            post(client, &search_url, &json!({"query": query, "k": k, "experiment": experiment, "unit_id": unit}))
                 .await?;
         exp_ms.push(started.elapsed().as_secs_f64() * 1e3);
         // The baseline: the same query with the model that served it, named explicitly (no experiment); the
         // first arm's model (`baseline_model`) when two arms were interleaved.
         let served_by = body["model"].as_str().unwrap_or(baseline_model);
         let started = Instant::now();
-        post(&client, &search_url, &json!({"query": query, "k": k, "model": served_by})).await?;
+        post(client, &search_url, &json!({"query": query, "k": k, "model": served_by})).await?;
         base_ms.push(started.elapsed().as_secs_f64() * 1e3);
         overhead_ms.push(exp_ms[exp_ms.len() - 1] - base_ms[base_ms.len() - 1]);
 
@@ -163,7 +190,7 @@ pub async fn replay(
             for position in clicks.clicks(&shown, relevant, &mut rng) {
                 post(
                     &client,
-                    &format!("{server}/v1/feedback"),
+                    &server.url("/v1/feedback"),
                     &json!({"request_id": request_id, "doc_id": shown[position], "event": "click"}),
                 )
                 .await?;
@@ -172,13 +199,13 @@ pub async fn replay(
         }
         progress(i + 1);
     }
-    let report = client
-        .get(format!("{server}/v1/experiments/{experiment}/report"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let url = server.url(&format!("/v1/experiments/{experiment}/report"));
+    let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    let (status, text) = (response.status(), response.text().await?);
+    if !status.is_success() {
+        bail!("GET {url} → {status}: {text}");
+    }
+    let report = serde_json::from_str(&text)?;
     Ok(ReplayOutcome {
         searches: queries.len(),
         clicks: clicked,
@@ -191,18 +218,18 @@ pub async fn replay(
 
 /// Each model's top-k for every query, by explicit-model searches.
 pub async fn fetch_rankings(
-    server: &str,
+    server: &Server,
     models: [&str; 2],
     queries: &[(String, HashSet<String>)],
     k: usize,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<[Vec<Vec<String>>; 2]> {
-    let client = reqwest::Client::new();
-    let url = format!("{server}/v1/search");
+    let client = &server.client;
+    let url = server.url("/v1/search");
     let mut rankings = [Vec::new(), Vec::new()];
     for (i, (query, _)) in queries.iter().enumerate() {
         for (m, model) in models.iter().enumerate() {
-            rankings[m].push(result_ids(&post(&client, &url, &json!({"query": query, "k": k, "model": model})).await?));
+            rankings[m].push(result_ids(&post(client, &url, &json!({"query": query, "k": k, "model": model})).await?));
         }
         progress(i + 1);
     }
