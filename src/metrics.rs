@@ -24,6 +24,7 @@ pub struct Metrics {
     pub encode_queue_wait: HistogramVec,
     pub encode_queue_depth: IntGaugeVec,
     pub encode_rejected: IntCounterVec,
+    pub encode_requests: IntCounterVec,
     pub truncated_inputs: IntCounterVec,
     pub search_duration: HistogramVec,
     pub documents: IntGaugeVec,
@@ -139,6 +140,12 @@ impl Metrics {
                 "encode_queue_depth",
                 "Requests waiting in the model's encoding queue.",
                 &["model"],
+            ),
+            encode_requests: counter(
+                "encode_requests_total",
+                "Requests admitted to a model's encoding queue, by lane: live (searches, upserts, embeds) or \
+                 background (evaluation jobs).",
+                &["model", "priority"],
             ),
             encode_rejected: counter(
                 "encode_rejected_total",
@@ -289,7 +296,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 28, "one per field of Metrics");
+        assert_eq!(m.families.len(), 29, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and

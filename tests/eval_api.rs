@@ -144,7 +144,22 @@ async fn eval_jobs_are_bounded_cancellable_and_leave_live_searches_served() {
     assert_eq!(status, 200, "{found}");
 
     // Cancelled: gone at once, its task stopped, and the slot free again.
+    let background = "duet_encode_requests_total{model=\"tiny-encoder\",priority=\"background\"}";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.get(&format!("/v1/eval/{id}")).await.1["done"].as_u64() == Some(0) {
+        assert!(Instant::now() < deadline, "the job did not start searching within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(server.delete(&format!("/v1/eval/{id}")).await, 204);
+    // No more of its searches: with the queue idle between these 20 live searches, a job still running would
+    // have encoded many more of its queries meanwhile (at most the one in flight may still land).
+    let before = common::metric(&server.metrics().await, background);
+    assert!(before > 0.0, "the job was searching before it was cancelled");
+    for _ in 0..20 {
+        assert_eq!(server.post("/v1/search", &json!({"query": "parse a date", "model": "tiny-encoder"})).await.0, 200);
+    }
+    let after = common::metric(&server.metrics().await, background);
+    assert!(after - before <= 1.0, "the cancelled job kept searching: {before} → {after}");
     assert_eq!(server.get(&format!("/v1/eval/{id}")).await.0, 404);
     assert_eq!(server.delete(&format!("/v1/eval/{id}")).await, 404);
     let metrics = server.metrics().await;

@@ -500,3 +500,33 @@ async fn exposure_ids_are_made_by_the_server_not_taken_from_the_client() {
     assert_eq!(feedback(&server, "client-chosen-id", &exposures[0].1, "click").await.0, 404);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interleaving_coin_is_the_servers_whatever_request_id_the_client_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = loaded(&dir.path().join("duet.db")).await;
+    create(
+        &server,
+        json!({"name": "coin", "mode": "interleave", "status": "running",
+               "arms": [{"model": "tiny-llm", "name": "a"}, {"model": "tiny-encoder", "name": "b"}]}),
+    )
+    .await;
+    // The same request id, unit and query every time: a coin seeded by the client's id would always pick the
+    // same team first; the server's is fresh per search (all 24 alike: probability 2 × 2⁻²⁴).
+    let mut first_teams = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let response = server
+            .client
+            .post(server.url("/v1/search"))
+            .header("x-request-id", "always-the-same")
+            .json(&json!({"query": "a detective story", "k": 4, "experiment": "coin", "unit_id": "u"}))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = common::read(response).await;
+        assert_eq!(status, 200, "{body}");
+        first_teams.insert(body["results"][0]["arm"].as_str().unwrap().to_string());
+    }
+    assert_eq!(first_teams.len(), 2, "both teams pick first in some searches: {first_teams:?}");
+    server.stop().await;
+}

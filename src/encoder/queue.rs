@@ -44,6 +44,15 @@ pub enum Priority {
     Background,
 }
 
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Live => "live",
+            Priority::Background => "background",
+        }
+    }
+}
+
 struct Job {
     texts: Vec<String>,
     side: Side,
@@ -109,6 +118,7 @@ impl EncoderHandle {
             self.metrics.encode_rejected.with_label_values(&[model]).inc();
             return Err(EncoderError::Overloaded { model: model.clone(), capacity: self.capacity });
         }
+        self.metrics.encode_requests.with_label_values(&[model, priority.as_str()]).inc();
         let (reply, response) = oneshot::channel();
         let job = Job { texts, side, priority, enqueued: Instant::now(), reply };
         let depth = self.metrics.encode_queue_depth.with_label_values(&[model]);
