@@ -163,6 +163,24 @@ pub fn method_label(method: &Method) -> &'static str {
     STANDARD.iter().find(|m| *m == method).map(Method::as_str).unwrap_or("other")
 }
 
+/// Reads and drops up to `cap` bytes (or 5 s) of a refused request's body while its answer is sent, so that the
+/// connection is not closed on unread data, which makes the kernel reset it and can destroy the answer before
+/// the client reads it (a lingering close, as web servers do). Past the cap the connection is closed anyway.
+async fn discard_some(body: axum::body::Body, cap: usize) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut read = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > cap {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// A request over the limits that can be told from its head alone, answered before its body is read: a declared
 /// `Content-Length` over `max_body_bytes` (413; a chunked body is cut at the limit while it is read), a request
 /// target over `max_uri_bytes` (414), a header section over `max_header_bytes` (431).
@@ -215,7 +233,12 @@ async fn observe(
     let limits = &state.engine.limits;
     let timeout = Duration::from_secs(limits.request_timeout_secs.max(1));
     let mut response = match oversize_head(&request, limits) {
-        Some(refusal) => refusal.into_response(),
+        Some(refusal) => {
+            let mut response = refusal.into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            tokio::spawn(discard_some(request.into_body(), limits.max_body_bytes));
+            response
+        }
         None => match tokio::time::timeout(timeout, next.run(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(
