@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{Config, Limits};
 pub use crate::encoder::Priority;
-use crate::encoder::{self, EncoderError, EncoderHandle, Manifest, ModelInfo, Side};
+use crate::encoder::{self, EncoderError, EncoderHandle, EncoderHealth, Manifest, ModelInfo, Side};
 use crate::index::{Hit, IndexError, IndexParams, SearchMethod, VectorIndex};
 use crate::metrics::Metrics;
 use crate::store::{Document, NewDocument, SqliteStore, Store, StoreError};
@@ -78,6 +78,10 @@ pub enum ModelState {
     Ready,
     /// Preparing failed; the model is not served until a restart.
     Failed,
+    /// Its encoder panicked or its session kept failing, and is being rebuilt (not stored: read from the encoder).
+    Restarting,
+    /// Its encoder cannot encode (rebuilding it failed); tried again every few seconds while requests come.
+    Stopped,
 }
 
 const STATES: [ModelState; 4] = [ModelState::Loading, ModelState::Encoding, ModelState::Ready, ModelState::Failed];
@@ -109,12 +113,20 @@ impl ServedModel {
         self.set_state(ModelState::Failed);
     }
 
+    /// Its index is ready and its encoder can encode.
     pub fn is_ready(&self) -> bool {
-        self.state() == ModelState::Ready
+        self.status().state == ModelState::Ready
     }
 
-    /// The state and, unless ready, why.
+    /// The state and, unless ready, why: the index's, unless the encoder cannot encode now.
     pub fn status(&self) -> ModelStatus {
+        match self.encoder.health() {
+            EncoderHealth::Serving => {}
+            EncoderHealth::Restarting(reason) => {
+                return ModelStatus { state: ModelState::Restarting, reason: Some(reason) }
+            }
+            EncoderHealth::Stopped(reason) => return ModelStatus { state: ModelState::Stopped, reason: Some(reason) },
+        }
         let state = self.state();
         let reason = match state {
             ModelState::Loading => Some("reading the stored embeddings".to_string()),
@@ -124,6 +136,7 @@ impl ServedModel {
             )),
             ModelState::Ready => None,
             ModelState::Failed => self.failure.lock().clone(),
+            ModelState::Restarting | ModelState::Stopped => None,
         };
         ModelStatus { state, reason }
     }
@@ -137,6 +150,8 @@ impl ServedModel {
                 reason: self.failure.lock().clone().unwrap_or_default(),
             }),
             ModelState::Loading | ModelState::Encoding => Err(EngineError::NotReady(self.info.name.clone())),
+            // Never stored: the encoder answers for itself.
+            ModelState::Restarting | ModelState::Stopped => Ok(()),
         }
     }
 
@@ -255,12 +270,14 @@ impl Engine {
             if models.contains_key(&info.name) {
                 return Err(EngineError::DuplicateModel(info.name));
             }
+            let rebuild = encoder::onnx::reloader(resolved, env, settings.session(), info.version.clone());
             let served = ServedModel::new(
                 Arc::new(info.clone()),
-                EncoderHandle::spawn(loaded, settings.queue(), metrics.clone()),
+                EncoderHandle::spawn_supervised(loaded, Some(rebuild), settings.queue(), metrics.clone()),
                 Arc::new(VectorIndex::new(info.dimension, entry.index)),
             );
             metrics.documents.with_label_values(&[&info.name]).set(0);
+            metrics.encoder_restarts.with_label_values(&[&info.name]).reset();
             first_model.get_or_insert_with(|| info.name.clone());
             models.insert(info.name.clone(), Arc::new(served));
         }

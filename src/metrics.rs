@@ -24,6 +24,7 @@ pub struct Metrics {
     pub encode_queue_wait: HistogramVec,
     pub encode_queue_depth: IntGaugeVec,
     pub encode_rejected: IntCounterVec,
+    pub encoder_restarts: IntCounterVec,
     pub encode_requests: IntCounterVec,
     pub truncated_inputs: IntCounterVec,
     pub search_duration: HistogramVec,
@@ -146,6 +147,11 @@ impl Metrics {
                 "Requests admitted to a model's encoding queue, by lane: live (searches, upserts, embeds) or \
                  background (evaluation jobs).",
                 &["model", "priority"],
+            ),
+            encoder_restarts: counter(
+                "encoder_restarts_total",
+                "Times a model's encoder was restarted after a panic or repeated session failures.",
+                &["model"],
             ),
             encode_rejected: counter(
                 "encode_rejected_total",

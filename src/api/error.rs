@@ -99,11 +99,13 @@ impl From<EncoderError> for ApiError {
         match err {
             EncoderError::Overloaded { .. } => ApiError::unavailable("overloaded", &err),
             EncoderError::Stopped { .. } => ApiError::unavailable("model-stopped", &err),
+            EncoderError::Restarting { .. } => ApiError::unavailable("model-restarting", &err),
             EncoderError::Runtime { .. }
             | EncoderError::Manifest { .. }
             | EncoderError::Load { .. }
             | EncoderError::Tokenize { .. }
-            | EncoderError::Inference { .. } => ApiError::internal(&err),
+            | EncoderError::Inference { .. }
+            | EncoderError::Mismatch { .. } => ApiError::internal(&err),
         }
     }
 }

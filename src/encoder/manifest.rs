@@ -46,6 +46,18 @@ pub enum Pooling {
     Output,
 }
 
+impl Pooling {
+    /// The name the manifest uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::LastToken => "last-token",
+            Pooling::Output => "output",
+        }
+    }
+}
+
 /// Which end of a sequence padding goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

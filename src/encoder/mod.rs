@@ -16,7 +16,7 @@ pub mod verify;
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{Manifest, ModelKind, ModelRole, PaddingSide, Pooling};
-pub use queue::{EncoderHandle, Priority};
+pub use queue::{EncoderHandle, EncoderHealth, Priority, Rebuild};
 
 /// Which side of the retrieval problem a text is on. Two-tower models run a different network per side;
 /// single-network models apply a different prefix per side.
@@ -133,8 +133,15 @@ pub enum EncoderError {
         #[source]
         source: Option<Cause>,
     },
+    /// The network does not give what the manifest promises (found by the probe encode at load).
+    #[error("model {model}: the manifest does not fit the network: the manifest says {manifest}, the network gave {network}")]
+    Mismatch { model: String, manifest: String, network: String },
     #[error("model {model}: its encoding queue is full ({capacity} requests waiting); retry shortly")]
     Overloaded { model: String, capacity: usize },
+    /// The encoder panicked or its session failed repeatedly: requests waiting then are answered with this while
+    /// it is rebuilt, and so are requests while rebuilding it keeps failing.
+    #[error("model {model}: its encoder failed and is being restarted ({reason}); retry shortly")]
+    Restarting { model: String, reason: String },
     #[error("model {model}: its encoder has stopped")]
     Stopped { model: String },
 }

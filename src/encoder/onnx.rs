@@ -218,17 +218,16 @@ impl OnnxTower {
         let expected_rank = if self.pooling == Pooling::Output { 2 } else { 3 };
         if dims.len() != expected_rank || dims[0] as usize != batch || *dims.last().unwrap() as usize != self.dimension
         {
-            return Err(EncoderError::inference(
-                &self.model,
-                format!(
-                    "output `{}` has shape {dims:?}; expected [{batch}, {}{}] for pooling {:?} and dimension {}",
-                    self.output,
-                    if expected_rank == 3 { "sequence, " } else { "" },
-                    self.dimension,
-                    self.pooling,
+            let needs = if expected_rank == 3 { "[batch, sequence, dimension]" } else { "[batch, dimension]" };
+            return Err(EncoderError::Mismatch {
+                model: self.model.clone(),
+                manifest: format!(
+                    "pooling {} (an output of shape {needs}) and dimension {}",
+                    self.pooling.as_str(),
                     self.dimension
                 ),
-            ));
+                network: format!("output `{}` of shape {dims:?} for {batch} input(s)", self.output),
+            });
         }
         let out_seq = if expected_rank == 3 { dims[1] as usize } else { 0 };
         if expected_rank == 3 && out_seq != seq {
@@ -351,13 +350,69 @@ pub fn load(
             let query = OnnxTower::load(resolved, &resolved.query_onnx, &resolved.query_tokenizer, env, options)?;
             let document =
                 OnnxTower::load(resolved, &resolved.document_onnx, &resolved.document_tokenizer, env, options)?;
-            Ok(Box::new(TwoTowerEncoder { info, query, document }))
+            probe(Box::new(TwoTowerEncoder { info, query, document }))
         }
         ModelKind::Llm | ModelKind::Encoder => {
             let tower = OnnxTower::load(resolved, &resolved.query_onnx, &resolved.query_tokenizer, env, options)?;
-            Ok(Box::new(SingleNetworkEncoder { info, tower }))
+            probe(Box::new(SingleNetworkEncoder { info, tower }))
         }
     }
+}
+
+/// Rebuilds a model's encoder from its manifest after a crash (see [`super::queue`]); a model whose files
+/// changed since it was loaded (another version, whose embeddings the index does not hold) is not rebuilt.
+pub fn reloader(
+    resolved: ResolvedManifest,
+    env: &'static ort::environment::Environment,
+    options: SessionOptions,
+    version: String,
+) -> super::Rebuild {
+    Box::new(move || {
+        let encoder = load(&super::Manifest::load(&resolved.dir)?, env, options)?;
+        if encoder.info().version != version {
+            return Err(load_err(
+                &encoder.info().name,
+                &resolved.dir,
+                format!(
+                    "its files changed since start-up (version {} now, {version} served); restart the server",
+                    encoder.info().version
+                ),
+            ));
+        }
+        Ok(encoder)
+    })
+}
+
+/// The text encoded on each side when a model is loaded.
+pub const PROBE_TEXT: &str = "A short probe text, encoded when the model is loaded.";
+
+/// Checks a loaded model against its manifest by encoding [`PROBE_TEXT`] on each side (each tower of a two-tower
+/// model): the output is present and of the shape the pooling needs, and one vector of the manifest's `dimension`
+/// comes back (else [`EncoderError::Mismatch`]), with every value finite (else the encoder's own
+/// [`EncoderError::Inference`], which names the model). A model that fails either is refused.
+fn probe(encoder: Box<dyn Encoder>) -> Result<Box<dyn Encoder>, EncoderError> {
+    let info = encoder.info().clone();
+    for side in [Side::Query, Side::Document] {
+        let on_side = |network: String| EncoderError::Mismatch {
+            model: info.name.clone(),
+            manifest: format!("dimension {}", info.dimension),
+            network: format!("{network} for a {} probe text", side.as_str()),
+        };
+        let encoded = encoder.encode(&[PROBE_TEXT.to_string()], side).map_err(|err| match err {
+            EncoderError::Mismatch { model, manifest, network } => EncoderError::Mismatch {
+                model,
+                manifest,
+                network: format!("{network} for a {} probe text", side.as_str()),
+            },
+            other => other,
+        })?;
+        match encoded.vectors.as_slice() {
+            [vector] if vector.len() == info.dimension => {}
+            [vector] => return Err(on_side(format!("a vector of {} values", vector.len()))),
+            vectors => return Err(on_side(format!("{} vectors for one text", vectors.len()))),
+        }
+    }
+    Ok(encoder)
 }
 
 impl Encoder for SingleNetworkEncoder {

@@ -6,13 +6,23 @@
 //! Requests come in two [`Priority`] lanes: live traffic (searches, upserts, embeds) is always taken before
 //! background work (evaluation jobs), which only gets the thread when no live request waits.
 //!
+//! Supervision: an inference call that panics, or [`FAILURES_BEFORE_RESTART`] inference failures in a row, restart
+//! the encoder — rebuilt by the handle's [`Rebuild`] (the model reloaded from its manifest), or kept as it is when
+//! there is none — counted in `duet_encoder_restarts_total{model}`. The requests of the failed call and every one
+//! waiting then are answered [`EncoderError::Restarting`] at once (none hangs on a dead thread); later ones are
+//! served by the rebuilt encoder. While it cannot encode, [`EncoderHandle::health`] says so (`/readyz` reports it);
+//! a rebuild that fails is tried again every [`RETRY_REBUILD`], when a request comes.
+//!
 //! Dropping every [`EncoderHandle`] closes the queue; the thread finishes the jobs already queued and exits, which
 //! is what a zero-downtime model swap needs.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -32,6 +42,25 @@ impl Default for QueueOptions {
     fn default() -> Self {
         Self { max_batch: 32, capacity: 1024 }
     }
+}
+
+/// Inference failures in a row (a session that keeps failing) after which the encoder is restarted.
+pub const FAILURES_BEFORE_RESTART: usize = 3;
+
+/// How long after a failed rebuild the next one is tried (when a request comes).
+pub const RETRY_REBUILD: Duration = Duration::from_secs(10);
+
+/// Builds the model's encoder again (reloads it from its manifest), after a panic or repeated failures.
+pub type Rebuild = Box<dyn Fn() -> Result<Box<dyn Encoder>, EncoderError> + Send>;
+
+/// Whether the model's thread can encode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncoderHealth {
+    Serving,
+    /// It panicked or failed repeatedly (the reason) and is being rebuilt.
+    Restarting(String),
+    /// It cannot encode: rebuilding it failed (tried again every [`RETRY_REBUILD`]), or its thread is gone.
+    Stopped(String),
 }
 
 /// Which lane a request waits in.
@@ -70,28 +99,55 @@ pub struct EncoderHandle {
     /// Requests sent and not yet taken into a batch: the queue's bound is on this count.
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    health: Arc<Mutex<EncoderHealth>>,
 }
 
 impl EncoderHandle {
-    /// Starts the model's encoding thread.
+    /// Starts the model's encoding thread; after a panic it goes on with the same encoder.
     pub fn spawn(encoder: Box<dyn Encoder>, options: QueueOptions, metrics: Arc<Metrics>) -> Self {
+        Self::spawn_supervised(encoder, None, options, metrics)
+    }
+
+    /// Starts the model's encoding thread, which rebuilds its encoder with `rebuild` after a panic or repeated
+    /// inference failures.
+    pub fn spawn_supervised(
+        encoder: Box<dyn Encoder>,
+        rebuild: Option<Rebuild>,
+        options: QueueOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let info = Arc::new(encoder.info().clone());
         let capacity = options.capacity.max(1);
         // Unbounded as a channel, bounded by `waiting`: the worker drains it into its two lanes to see live
         // requests queued behind background ones.
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
-        let worker =
-            Worker { encoder, max_batch: options.max_batch.max(1), waiting: waiting.clone(), metrics: metrics.clone() };
+        let health = Arc::new(Mutex::new(EncoderHealth::Serving));
+        let worker = Worker {
+            model: info.name.clone(),
+            encoder: Some(encoder),
+            rebuild,
+            max_batch: options.max_batch.max(1),
+            waiting: waiting.clone(),
+            metrics: metrics.clone(),
+            health: StoppedOnExit(health.clone()),
+            failures_in_a_row: 0,
+            last_rebuild: None,
+        };
         std::thread::Builder::new()
             .name(format!("encode-{}", info.name))
             .spawn(move || worker.run(rx))
             .expect("spawning an encoder thread");
-        Self { info, tx, capacity, waiting, metrics }
+        Self { info, tx, capacity, waiting, metrics, health }
     }
 
     pub fn info(&self) -> &Arc<ModelInfo> {
         &self.info
+    }
+
+    /// Whether the model's thread can encode now.
+    pub fn health(&self) -> EncoderHealth {
+        self.health.lock().clone()
     }
 
     /// Encodes `texts` for `side` as live traffic, waiting for the model's thread.
@@ -134,10 +190,44 @@ impl EncoderHandle {
 
 /// The model's thread: its encoder and the two lanes of waiting requests.
 struct Worker {
-    encoder: Box<dyn Encoder>,
+    model: String,
+    /// None while rebuilding it fails.
+    encoder: Option<Box<dyn Encoder>>,
+    rebuild: Option<Rebuild>,
     max_batch: usize,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    health: StoppedOnExit,
+    failures_in_a_row: usize,
+    last_rebuild: Option<Instant>,
+}
+
+/// A batch whose failure restarts the encoder, with why and the error its requests get.
+struct Failed {
+    reason: String,
+    jobs: Vec<Job>,
+    error: EncoderError,
+}
+
+/// The thread's health, marked stopped when the thread ends, however it ends.
+struct StoppedOnExit(Arc<Mutex<EncoderHealth>>);
+
+impl StoppedOnExit {
+    fn set(&self, health: EncoderHealth) {
+        *self.0.lock() = health;
+    }
+}
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.set(EncoderHealth::Stopped("its encoder thread has ended".into()));
+    }
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    format!("it panicked: {}", text.unwrap_or("(no message)"))
 }
 
 /// Requests received from the channel and not yet encoded, by priority.
@@ -182,9 +272,8 @@ impl Lanes {
 }
 
 impl Worker {
-    fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let model = self.encoder.info().name.clone();
-        let depth = self.metrics.encode_queue_depth.with_label_values(&[&model]);
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
+        let depth = self.metrics.encode_queue_depth.with_label_values(&[&self.model]);
         let mut lanes = Lanes::default();
         loop {
             if lanes.is_empty() {
@@ -204,20 +293,43 @@ impl Worker {
             if jobs.is_empty() {
                 continue;
             }
-            self.encode(&model, jobs);
+            if self.encoder.is_none() && self.last_rebuild.is_none_or(|at| at.elapsed() >= RETRY_REBUILD) {
+                self.rebuild();
+            }
+            let Some(encoder) = self.encoder.take() else {
+                let reason = match &*self.health.0.lock() {
+                    EncoderHealth::Stopped(reason) | EncoderHealth::Restarting(reason) => reason.clone(),
+                    EncoderHealth::Serving => String::new(),
+                };
+                answer_all(jobs, &self.restarting(&reason));
+                continue;
+            };
+            let restart = self.encode(encoder.as_ref(), jobs);
+            self.encoder = Some(encoder);
+            if let Some(failed) = restart {
+                self.restart(failed, &mut lanes, &mut rx);
+            }
         }
-        tracing::debug!(model, "encoder thread stopped");
+        tracing::debug!(model = self.model, "encoder thread stopped");
     }
 
-    /// Encodes one batch of requests and answers each.
-    fn encode(&self, model: &str, jobs: Vec<Job>) {
-        let side = jobs[0].side;
+    fn restarting(&self, reason: &str) -> EncoderError {
+        EncoderError::Restarting { model: self.model.clone(), reason: reason.to_string() }
+    }
+
+    /// Encodes one batch of requests and answers each, unless the encoder must be restarted: then the batch is
+    /// returned unanswered, to be answered with the requests waiting behind it.
+    fn encode(&mut self, encoder: &dyn Encoder, jobs: Vec<Job>) -> Option<Failed> {
+        let (model, side) = (self.model.as_str(), jobs[0].side);
         for job in &jobs {
             self.metrics.encode_queue_wait.with_label_values(&[model]).observe(job.enqueued.elapsed().as_secs_f64());
         }
         let texts: Vec<&String> = jobs.iter().flat_map(|j| j.texts.iter()).collect();
-        match encode_in_batches(self.encoder.as_ref(), &texts, side, self.max_batch, &self.metrics) {
-            Ok(mut all) => {
+        let outcome =
+            catch_unwind(AssertUnwindSafe(|| encode_in_batches(encoder, &texts, side, self.max_batch, &self.metrics)));
+        match outcome {
+            Ok(Ok(mut all)) => {
+                self.failures_in_a_row = 0;
                 let truncated = all.truncated.iter().filter(|&&t| t).count() as u64;
                 self.metrics.truncated_inputs.with_label_values(&[model, side.as_str()]).inc_by(truncated);
                 // Hand each job its slice, in order.
@@ -231,13 +343,83 @@ impl Worker {
                     };
                     let _ = job.reply.send(Ok(part));
                 }
+                None
             }
-            Err(err) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(err.clone()));
+            Ok(Err(err)) => {
+                if !matches!(err, EncoderError::Inference { .. }) {
+                    self.failures_in_a_row = 0;
+                    answer_all(jobs, &err);
+                    return None;
                 }
+                self.failures_in_a_row += 1;
+                if self.failures_in_a_row < FAILURES_BEFORE_RESTART {
+                    answer_all(jobs, &err);
+                    return None;
+                }
+                let reason = format!("inference failed {} times in a row: {err}", self.failures_in_a_row);
+                Some(Failed { reason, jobs, error: err })
+            }
+            Err(panic) => {
+                let reason = panic_message(panic.as_ref());
+                let error = self.restarting(&reason);
+                Some(Failed { reason, jobs, error })
             }
         }
+    }
+
+    /// Counts the restart and reports it, answers the failed batch and every waiting request (none learns of the
+    /// restart before it is counted, and none sent after the answers is refused), then rebuilds the encoder (or
+    /// keeps it, without a rebuild).
+    fn restart(&mut self, failed: Failed, lanes: &mut Lanes, rx: &mut mpsc::UnboundedReceiver<Job>) {
+        let Failed { reason, jobs, error } = failed;
+        tracing::error!(model = self.model, reason, "restarting the encoder");
+        self.metrics.encoder_restarts.with_label_values(&[&self.model]).inc();
+        self.health.set(EncoderHealth::Restarting(reason.clone()));
+        while let Ok(job) = rx.try_recv() {
+            lanes.push(job);
+        }
+        let waiting: Vec<Job> = lanes.live.drain(..).chain(lanes.background.drain(..)).collect();
+        self.waiting.fetch_sub(waiting.len(), Ordering::AcqRel);
+        self.metrics.encode_queue_depth.with_label_values(&[&self.model]).sub(waiting.len() as i64);
+        answer_all(jobs, &error);
+        answer_all(waiting, &self.restarting(&reason));
+        self.failures_in_a_row = 0;
+        if self.rebuild.is_none() {
+            self.health.set(EncoderHealth::Serving);
+            return;
+        }
+        // The old encoder goes first: a model may not fit in memory twice.
+        if let Some(old) = self.encoder.take() {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
+        }
+        self.rebuild();
+    }
+
+    fn rebuild(&mut self) {
+        let Some(rebuild) = &self.rebuild else { return };
+        self.last_rebuild = Some(Instant::now());
+        match catch_unwind(AssertUnwindSafe(rebuild)) {
+            Ok(Ok(encoder)) => {
+                tracing::info!(model = self.model, "encoder restarted");
+                self.encoder = Some(encoder);
+                self.health.set(EncoderHealth::Serving);
+            }
+            Ok(Err(err)) => {
+                let reason = format!("restarting it failed: {}", crate::util::error_chain(&err));
+                tracing::error!(model = self.model, reason, "the encoder cannot encode");
+                self.health.set(EncoderHealth::Stopped(reason));
+            }
+            Err(panic) => {
+                let reason = format!("restarting it failed: {}", panic_message(panic.as_ref()));
+                self.health.set(EncoderHealth::Stopped(reason));
+            }
+        }
+    }
+}
+
+fn answer_all(jobs: Vec<Job>, err: &EncoderError) {
+    for job in jobs {
+        let _ = job.reply.send(Err(err.clone()));
     }
 }
 
@@ -276,159 +458,4 @@ fn encode_in_batches(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::encoder::{ModelKind, ModelRole, Pooling};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// Encodes a text as [its length, call number]; records batch sizes; sleeps to let requests pile up.
-    struct Recorder {
-        info: ModelInfo,
-        calls: Arc<AtomicUsize>,
-        batches: Arc<parking_lot::Mutex<Vec<usize>>>,
-        /// Held by a test to keep the thread busy in a call until it lets go.
-        hold: Arc<parking_lot::Mutex<()>>,
-    }
-
-    impl Encoder for Recorder {
-        fn info(&self) -> &ModelInfo {
-            &self.info
-        }
-        fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
-            let call = self.calls.fetch_add(1, Ordering::SeqCst);
-            self.batches.lock().push(texts.len());
-            drop(self.hold.lock());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            let side_mark = if side == Side::Query { 1.0 } else { -1.0 };
-            Ok(Encoded {
-                vectors: texts.iter().map(|t| vec![t.len() as f32 * side_mark, call as f32]).collect(),
-                truncated: texts.iter().map(|t| t.len() > 5).collect(),
-            })
-        }
-    }
-
-    fn recorder() -> (Recorder, Arc<parking_lot::Mutex<Vec<usize>>>) {
-        let batches = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let info = ModelInfo {
-            name: "rec".into(),
-            kind: ModelKind::Encoder,
-            role: ModelRole::LlmEmbedding,
-            dimension: 2,
-            version: "v".into(),
-            pooling: Pooling::Mean,
-            normalize: false,
-            max_tokens: 8,
-            query_prefix: String::new(),
-            document_prefix: String::new(),
-            query_template: None,
-            document_template: None,
-        };
-        let hold = Arc::new(parking_lot::Mutex::new(()));
-        (Recorder { info, calls: Arc::new(AtomicUsize::new(0)), batches: batches.clone(), hold }, batches)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_requests_are_batched_and_answered_in_order() {
-        let (enc, batches) = recorder();
-        let handle = EncoderHandle::spawn(
-            Box::new(enc),
-            QueueOptions { max_batch: 64, capacity: 100 },
-            Arc::new(Metrics::new()),
-        );
-        // Occupy the thread, then queue many small requests: they must be merged into few calls.
-        let first = tokio::spawn({
-            let h = handle.clone();
-            async move { h.encode(vec!["x".into()], Side::Query).await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let mut tasks = Vec::new();
-        for i in 0..20 {
-            let h = handle.clone();
-            tasks.push(tokio::spawn(async move {
-                h.encode(vec!["a".repeat(i + 1), "b".repeat(30 - i)], Side::Query).await
-            }));
-        }
-        first.await.unwrap().unwrap();
-        for (i, task) in tasks.into_iter().enumerate() {
-            let out = task.await.unwrap().unwrap();
-            assert_eq!(out.vectors[0][0], (i + 1) as f32, "results go back to the right caller, in order");
-            assert_eq!(out.vectors[1][0], (30 - i) as f32);
-            assert_eq!(out.truncated, vec![i + 1 > 5, 30 - i > 5]);
-        }
-        let batches = batches.lock().clone();
-        assert!(batches.len() <= 3, "20 queued requests should be merged, got batches {batches:?}");
-        assert_eq!(batches.iter().sum::<usize>(), 41);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sides_are_never_mixed_and_a_full_queue_refuses_at_once() {
-        let (enc, _) = recorder();
-        let handle =
-            EncoderHandle::spawn(Box::new(enc), QueueOptions { max_batch: 64, capacity: 2 }, Arc::new(Metrics::new()));
-        let q = handle.clone();
-        let d = handle.clone();
-        let (a, b) =
-            tokio::join!(q.encode(vec!["abc".into()], Side::Query), d.encode(vec!["abc".into()], Side::Document));
-        assert_eq!(a.unwrap().vectors[0][0], 3.0);
-        assert_eq!(b.unwrap().vectors[0][0], -3.0);
-
-        let mut tasks = Vec::new();
-        for _ in 0..12 {
-            let h = handle.clone();
-            tasks.push(tokio::spawn(async move { h.encode(vec!["abc".into()], Side::Query).await }));
-        }
-        let mut overloaded = 0;
-        for t in tasks {
-            if let Err(EncoderError::Overloaded { capacity, .. }) = t.await.unwrap() {
-                assert_eq!(capacity, 2);
-                overloaded += 1;
-            }
-        }
-        assert!(overloaded > 0, "a queue of 2 cannot hold 12 requests");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn live_requests_overtake_background_ones() {
-        let (enc, batches) = recorder();
-        let hold = enc.hold.clone();
-        let handle = EncoderHandle::spawn(
-            Box::new(enc),
-            QueueOptions { max_batch: 64, capacity: 100 },
-            Arc::new(Metrics::new()),
-        );
-        // Occupy the thread, then queue background work first and live work after it.
-        let busy = hold.lock();
-        let first = tokio::spawn({
-            let h = handle.clone();
-            async move { h.encode(vec!["x".into()], Side::Query).await }
-        });
-        while batches.lock().is_empty() {
-            tokio::task::yield_now().await;
-        }
-        let background = tokio::spawn({
-            let h = handle.clone();
-            async move { h.encode_with(vec!["bb".into()], Side::Query, Priority::Background).await }
-        });
-        while handle.waiting.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let live = tokio::spawn({
-            let h = handle.clone();
-            async move { h.encode(vec!["lll".into()], Side::Query).await }
-        });
-        while handle.waiting.load(Ordering::Acquire) < 2 {
-            tokio::task::yield_now().await;
-        }
-        drop(busy);
-        first.await.unwrap().unwrap();
-        let (background, live) = (background.await.unwrap().unwrap(), live.await.unwrap().unwrap());
-        // The second coordinate is the inference call that encoded the text.
-        assert!(
-            live.vectors[0][1] < background.vectors[0][1],
-            "the live request must be encoded first (live call {}, background call {})",
-            live.vectors[0][1],
-            background.vectors[0][1]
-        );
-        assert_eq!(handle.waiting.load(Ordering::Acquire), 0, "nothing is left waiting");
-    }
-}
+mod tests;

@@ -1,5 +1,6 @@
 //! Engine tests over the tiny models: a dropped upsert still reaches the store and every index, one model failing
-//! to prepare leaves the others serving, and heavy searches beyond the limit are refused.
+//! to prepare leaves the others serving, and heavy searches beyond the limit are refused; a panicking encoder is
+//! restarted (or, when it cannot be, reported unready).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -142,5 +143,81 @@ async fn heavy_searches_beyond_the_limit_are_refused_at_once() {
     assert_eq!(engine.search(query(None, true)).await.unwrap().method, SearchMethod::Exact);
     let refused = engine.metrics.heavy_searches_refused.with_label_values(&["tiny-encoder"]).get();
     assert_eq!(refused, 2);
+    engine.close().await;
+}
+
+/// The model's own encoder, except that it panics on [`PANIC`].
+struct Panicky(Box<dyn encoder::Encoder>);
+
+const PANIC: &str = "<panic>";
+
+impl encoder::Encoder for Panicky {
+    fn info(&self) -> &ModelInfo {
+        self.0.info()
+    }
+    fn encode(&self, texts: &[String], side: Side) -> Result<encoder::Encoded, EncoderError> {
+        assert!(texts.iter().all(|t| t != PANIC), "the test encoder was told to panic");
+        self.0.encode(texts, side)
+    }
+}
+
+/// An engine serving tiny-encoder through [`Panicky`], rebuilt by reloading the model, or failing to when
+/// `reload_fails`.
+async fn panicky_engine(store: &Path, reload_fails: bool) -> Arc<Engine> {
+    let entry = tiny("tiny-encoder", IndexParams::default());
+    let engine = Engine::open(&config(store, vec![entry.clone()])).await.unwrap();
+    let env = encoder::runtime::environment(None).unwrap();
+    let resolved = Manifest::load(&entry.path).unwrap();
+    let loaded = encoder::onnx::load(&resolved, env, Default::default()).unwrap();
+    let reload = encoder::onnx::reloader(resolved, env, Default::default(), loaded.info().version.clone());
+    let rebuild: encoder::Rebuild = Box::new(move || match reload_fails {
+        true => Err(EncoderError::runtime("the model cannot be reloaded".into())),
+        false => reload(),
+    });
+    let old = engine.model("tiny-encoder").unwrap();
+    let handle = EncoderHandle::spawn_supervised(
+        Box::new(Panicky(loaded)),
+        Some(rebuild),
+        Default::default(),
+        engine.metrics.clone(),
+    );
+    let model = ServedModel::new(old.info.clone(), handle, old.index.clone());
+    *engine.models.write() = Arc::new(BTreeMap::from([("tiny-encoder".to_string(), Arc::new(model))]));
+    engine.prepare_indexes().await.unwrap();
+    engine.upsert(docs("d", 5)).await.unwrap();
+    engine
+}
+
+fn search(query: &str) -> SearchQuery {
+    SearchQuery {
+        model: "tiny-encoder".into(),
+        query: query.into(),
+        k: 3,
+        ef: None,
+        exact: false,
+        priority: Priority::Live,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_encoder_is_restarted_and_one_that_cannot_be_is_reported_unready() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = panicky_engine(&dir.path().join("a.db"), false).await;
+    let err = engine.search(search(PANIC)).await.unwrap_err();
+    assert!(matches!(err, EngineError::Encoder(EncoderError::Restarting { .. })), "{err}");
+    assert_eq!(engine.search(search("topic")).await.unwrap().hits.len(), 3, "served by the reloaded encoder");
+    assert_eq!(engine.metrics.encoder_restarts.with_label_values(&["tiny-encoder"]).get(), 1);
+    assert!(engine.is_ready());
+    engine.close().await;
+
+    let engine = panicky_engine(&dir.path().join("b.db"), true).await;
+    assert!(engine.search(search(PANIC)).await.is_err());
+    // Answered after the failed reload: the model says it cannot encode, and the engine is unready.
+    let err = engine.search(search("topic")).await.unwrap_err();
+    assert!(err.to_string().contains("cannot be reloaded"), "{err}");
+    let status = engine.model("tiny-encoder").unwrap().status();
+    assert_eq!(status.state, ModelState::Stopped);
+    assert!(status.reason.as_deref().unwrap_or("").contains("cannot be reloaded"), "{status:?}");
+    assert!(!engine.is_ready());
     engine.close().await;
 }

@@ -43,14 +43,17 @@ fn failure_message(err: &EngineError) -> String {
         | EngineError::NotReady(_)
         | EngineError::Failed { .. }
         | EngineError::Busy { .. }
-        | EngineError::Encoder(EncoderError::Overloaded { .. } | EncoderError::Stopped { .. }) => err.to_string(),
+        | EngineError::Encoder(
+            EncoderError::Overloaded { .. } | EncoderError::Stopped { .. } | EncoderError::Restarting { .. },
+        ) => err.to_string(),
         EngineError::DuplicateModel(_)
         | EngineError::Encoder(
             EncoderError::Runtime { .. }
             | EncoderError::Manifest { .. }
             | EncoderError::Load { .. }
             | EncoderError::Tokenize { .. }
-            | EncoderError::Inference { .. },
+            | EncoderError::Inference { .. }
+            | EncoderError::Mismatch { .. },
         )
         | EngineError::Store(_)
         | EngineError::Index(_)
