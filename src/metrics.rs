@@ -302,7 +302,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 29, "one per field of Metrics");
+        assert_eq!(m.families.len(), 30, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and
