@@ -84,6 +84,12 @@ pub fn environment(configured: Option<&Path>) -> Result<&'static Environment, En
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
+    // ONNX Runtime allows one environment per process: two first callers must not both build one.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(env) = ENVIRONMENT.get() {
+        return Ok(env);
+    }
     let path = locate(configured)?;
     // A LoadDynamicError must not become an ort::Error: formatting one calls into the (missing) library.
     let builder = ort::init_from(&path).map_err(|e| EncoderError::Runtime {
