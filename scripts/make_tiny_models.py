@@ -11,6 +11,8 @@ serving pipeline runs), but with a few KB of seeded random weights instead of hu
   Its tokenizer adds no special tokens and pads with "<|im_end|>" (id 2), like SmolLM2.
 - models/tiny-two-tower: query.onnx and document.onnx, different towers that emit a sentence vector
   ("sentence_embedding", pooling `output`): masked mean of E[ids] times W, plus a bias in the document tower.
+- models/tiny-encoder-v2: tiny-encoder re-seeded (same name, tokenizer and shape, other weights): a new version
+  of the same model, for the tests that replace and roll back a model at run time.
 
 It also writes tests/fixtures/expected_vectors.json: pooled vectors computed here with numpy, from an
 independent re-implementation of tokenization and pooling, that the Rust tests compare against.
@@ -228,6 +230,15 @@ def main():
             cases.append({"model": "two-tower-document", "pooling": "output", "max_tokens": max_tokens,
                           "text": text, "truncated": trunc, "vector": (mean @ weight + doc_bias).tolist()})
     write_json(ROOT / "tests" / "fixtures" / "expected_vectors.json", {"dimension": DIM, "cases": cases})
+
+    # A second version of tiny-encoder, from its own generator so that the models above do not change.
+    v2_dir = ROOT / "models" / "tiny-encoder-v2"
+    build_encoder(v2_dir / "model.onnx", bert_vocab, np.random.default_rng(SEED + 1))
+    write_json(v2_dir / "tokenizer.json",
+               tokenizer_json(bert_vocab, bert_specials, ("[CLS]", "[SEP]"), "[PAD]", 0))
+    manifest = (enc_dir / "model.toml").read_text()
+    (v2_dir / "model.toml").write_text(manifest.replace(
+        "# A BERT-shaped encoder", "# Version 2 of tiny-encoder (re-seeded weights). A BERT-shaped encoder", 1))
     print(f"wrote tiny models (vocab {len(words_list)} words, dim {DIM}) and {len(cases)} reference vectors")
 
 
