@@ -214,7 +214,8 @@ pub struct Engine {
     writes: Arc<tokio::sync::Mutex<()>>,
     /// Permits for exact and high-`ef` searches over a graph.
     heavy_searches: Arc<Semaphore>,
-    default_model: String,
+    /// Changed by promoting an experiment's winner (and persisted in the store).
+    default_model: RwLock<String>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
 }
@@ -293,15 +294,22 @@ impl Engine {
             models: RwLock::new(Arc::new(models)),
             writes: Arc::new(tokio::sync::Mutex::new(())),
             heavy_searches: Arc::new(Semaphore::new(config.limits.max_heavy_searches)),
-            default_model,
+            default_model: RwLock::new(default_model),
             metrics,
             limits: config.limits,
         }))
     }
 
     /// The model used when a request names none: `default_model` in the config, else the first configured.
-    pub fn default_model(&self) -> &str {
-        &self.default_model
+    pub fn default_model(&self) -> String {
+        self.default_model.read().clone()
+    }
+
+    /// Makes a served model the default (the model used when a request names none).
+    pub async fn set_default_model(&self, name: &str) -> Result<(), EngineError> {
+        self.model(name)?;
+        *self.default_model.write() = name.to_string();
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -61,7 +61,7 @@ pub async fn embed(State(state): State<AppState>, ApiJson(body): ApiJson<EmbedRe
             )));
         }
     }
-    let model = body.model.unwrap_or_else(|| state.engine.default_model().to_string());
+    let model = body.model.unwrap_or_else(|| state.engine.default_model());
     let (info, encoded) = state.engine.embed(&model, body.texts, body.side).await?;
     let truncated_indices: Vec<usize> =
         encoded.truncated.iter().enumerate().filter(|(_, &t)| t).map(|(i, _)| i).collect();

@@ -54,5 +54,5 @@ pub async fn list(State(state): State<AppState>) -> ApiJson<ModelList> {
             },
         })
         .collect();
-    ApiJson(ModelList { default_model: state.engine.default_model().to_string(), models })
+    ApiJson(ModelList { default_model: state.engine.default_model(), models })
 }

@@ -174,7 +174,7 @@ pub async fn search(
         None => experiments.route(body.experiment.as_deref(), unit.as_deref())?,
     };
     let Route::Experiment { experiment, unit_id, plan } = route else {
-        let model = body.model.clone().unwrap_or_else(|| engine.default_model().to_string());
+        let model = body.model.clone().unwrap_or_else(|| engine.default_model());
         let result = engine.search(query(&body, &model)).await?;
         let shown = hits(&result, None, engine.limits.snippet_chars);
         let response = response(&request_id, &result, shown, started, unit);
