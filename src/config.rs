@@ -52,6 +52,16 @@ pub struct Config {
     pub encoder: EncoderSettings,
     #[serde(default)]
     pub models: Vec<ModelEntry>,
+    /// The only folder under which `POST /v1/models` and `PUT /v1/models/{name}` may load models (relative
+    /// paths in those requests are relative to it). The `[[models]]` entries of this file are not restricted.
+    #[serde(default = "default_models_dir")]
+    pub models_dir: PathBuf,
+    /// Model changes at run time: back-fill pace, draining, retention of retired versions (`[lifecycle]`).
+    #[serde(default)]
+    pub lifecycle: LifecycleSettings,
+    /// The file this config was read from (re-read on SIGHUP); not a key of the file.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// The exposure log and shadow searches of live experiments.
     #[serde(default)]
     pub experiments: ExperimentSettings,
@@ -64,6 +74,28 @@ pub struct Config {
     /// API keys, open operational endpoints, the Host allow-list and CORS (`[auth]`).
     #[serde(default)]
     pub auth: AuthSettings,
+}
+
+/// Model changes at run time (`[lifecycle]`).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleSettings {
+    /// Documents a back-fill encodes per batch (through the model's background lane, behind live queries).
+    pub backfill_batch: usize,
+    /// The share of time a back-fill may spend encoding, in (0, 1]: after each batch it pauses for
+    /// (1 − duty) / duty times as long as the batch took, leaving the cores to live traffic.
+    pub backfill_duty: f64,
+    /// Seconds a replaced or retired version may finish the requests that hold it before it is let go.
+    pub drain_secs: u64,
+    /// Seconds the embeddings of a retired version are kept (so that a rollback needs no encoding); after
+    /// that they are deleted and the version can no longer be rolled back to. Default 7 days.
+    pub retention_secs: u64,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        Self { backfill_batch: 64, backfill_duty: 0.5, drain_secs: 30, retention_secs: 7 * 24 * 3600 }
+    }
 }
 
 /// Bounds on evaluation jobs (`[eval]`): they run in the background, below live traffic.
@@ -226,6 +258,10 @@ fn default_listen() -> SocketAddr {
     "127.0.0.1:8080".parse().expect("valid default address")
 }
 
+fn default_models_dir() -> PathBuf {
+    PathBuf::from("models")
+}
+
 fn default_store() -> PathBuf {
     PathBuf::from("duet.db")
 }
@@ -241,6 +277,9 @@ impl Default for Config {
             limits: Limits::default(),
             encoder: EncoderSettings::default(),
             models: Vec::new(),
+            models_dir: default_models_dir(),
+            lifecycle: LifecycleSettings::default(),
+            source: None,
             experiments: ExperimentSettings::default(),
             eval: EvalSettings::default(),
             http: HttpSettings::default(),
@@ -262,6 +301,8 @@ impl Config {
             }
         };
         resolve(&mut config.store);
+        resolve(&mut config.models_dir);
+        config.source = Some(path.to_path_buf());
         if let Some(p) = config.onnxruntime.as_mut() {
             resolve(p);
         }
@@ -315,6 +356,12 @@ impl Config {
         if v.max_jobs == 0 || v.concurrency == 0 || v.kept_jobs == 0 {
             return Err(ConfigError::Invalid("[eval] max_jobs, concurrency and kept_jobs must be positive".into()));
         }
+        let c = &self.lifecycle;
+        if c.backfill_batch == 0 || !(c.backfill_duty > 0.0 && c.backfill_duty <= 1.0) {
+            return Err(ConfigError::Invalid(
+                "[lifecycle] backfill_batch must be positive and backfill_duty in (0, 1]".into(),
+            ));
+        }
         self.auth.validate(self.listen)?;
         for m in &self.models {
             let p = &m.index;
@@ -363,6 +410,7 @@ mod tests {
         assert_eq!(example.eval, EvalSettings::default());
         assert_eq!(example.http, HttpSettings::default());
         assert_eq!(example.auth, AuthSettings::default());
+        assert_eq!(example.lifecycle, LifecycleSettings::default());
         Config::from_file(&root.join("duet.toml")).unwrap().validate().unwrap();
         let mut zero = example;
         zero.experiments.exposure_queue = 0;

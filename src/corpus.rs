@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +56,7 @@ pub enum ImportError {
 /// Imports a JSONL corpus; `on_batch` is called after each batch with the report so far and the bytes read
 /// (for a progress bar).
 pub async fn import_jsonl(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     path: &Path,
     batch_size: usize,
     mut on_batch: impl FnMut(&ImportReport, u64),
@@ -109,7 +110,7 @@ fn parse_line(line: &str) -> Result<NewDocument, String> {
 
 /// Upserts the documents of `batch` whose text or metadata differ from the stored ones (later duplicates win).
 pub async fn write_batch(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     batch: Vec<NewDocument>,
     report: &mut ImportReport,
 ) -> Result<(), ImportError> {

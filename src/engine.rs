@@ -12,13 +12,15 @@
 //!   serving.
 //! - Exact and high-`ef` searches over a graph are bounded by a semaphore; beyond it they are refused at once.
 
+mod backfill;
+mod lifecycle;
+mod model;
 mod prepare;
 #[cfg(test)]
 mod tests;
 mod write;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,12 +28,17 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, LifecycleSettings, Limits};
 pub use crate::encoder::Priority;
-use crate::encoder::{self, EncoderError, EncoderHandle, EncoderHealth, Manifest, ModelInfo, Side};
-use crate::index::{Hit, IndexError, IndexParams, SearchMethod, VectorIndex};
+use crate::encoder::{self, EncoderError, ModelInfo, Side};
+use crate::index::{Hit, IndexError, SearchMethod};
 use crate::metrics::Metrics;
-use crate::store::{Document, NewDocument, SqliteStore, Store, StoreError};
+use crate::store::{Document, ModelVersion, NewDocument, SqliteStore, Store, StoreError, VersionState};
+
+/// The store setting that keeps the default model chosen at run time.
+const DEFAULT_MODEL_SETTING: &str = "default_model";
+pub use lifecycle::{ModelDetail, VersionOut};
+pub use model::{BackfillProgress, ModelState, ModelStatus, ServedModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -45,6 +52,30 @@ pub enum EngineError {
     Busy { limit: usize },
     #[error("two models are named `{0}`")]
     DuplicateModel(String),
+    #[error("a model named `{0}` is already served or being added")]
+    ModelExists(String),
+    #[error("model path `{path}` is not inside the model root {root} (models_dir): only folders under it can be loaded through the API")]
+    OutsideModelRoot { path: String, root: String },
+    #[error("model path `{path}`: {reason}")]
+    BadModelPath { path: String, reason: String },
+    #[error("model `{model}` already serves version {version} from that folder")]
+    SameVersion { model: String, version: String },
+    #[error("model `{model}` is changing already (version {version} is {state}); wait for it to finish, or retire the model")]
+    ChangeInProgress { model: String, version: String, state: &'static str },
+    #[error("model `{model}` has no previous version to roll back to{reason}")]
+    NoPrevious { model: String, reason: String },
+    #[error("model `{0}` is the default model; make another model the default before retiring it")]
+    RetireDefault(String),
+    #[error("model name {0:?} is not valid: use 1 to 64 letters, digits, `.`, `_` or `-`")]
+    BadModelName(String),
+    #[error("the model in `{path}` cannot be served")]
+    BadModel {
+        path: String,
+        #[source]
+        source: EncoderError,
+    },
+    #[error("the change to model `{0}` was abandoned (the model was retired or the server is stopping)")]
+    Cancelled(String),
     #[error(transparent)]
     Encoder(#[from] EncoderError),
     #[error(transparent)]
@@ -53,111 +84,6 @@ pub enum EngineError {
     Index(#[from] IndexError),
     #[error("internal task failed")]
     Task(#[from] tokio::task::JoinError),
-}
-
-/// One model as served: its encoding queue, its index and where its preparation stands.
-pub struct ServedModel {
-    pub info: Arc<ModelInfo>,
-    pub encoder: EncoderHandle,
-    pub index: Arc<VectorIndex>,
-    /// A [`ModelState`] as its index.
-    state: AtomicU8,
-    /// Documents encoded so far while preparing.
-    encoded: AtomicUsize,
-    failure: Mutex<Option<String>>,
-}
-
-/// Where a model's index stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelState {
-    /// Reading its stored embeddings.
-    Loading,
-    /// Encoding the documents that have no usable stored embedding.
-    Encoding,
-    Ready,
-    /// Preparing failed; the model is not served until a restart.
-    Failed,
-    /// Its encoder panicked or its session kept failing, and is being rebuilt (not stored: read from the encoder).
-    Restarting,
-    /// Its encoder cannot encode (rebuilding it failed); tried again every few seconds while requests come.
-    Stopped,
-}
-
-const STATES: [ModelState; 4] = [ModelState::Loading, ModelState::Encoding, ModelState::Ready, ModelState::Failed];
-
-/// A model's state, with what it is doing or why it failed.
-#[derive(Debug, Clone, Serialize)]
-pub struct ModelStatus {
-    pub state: ModelState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl ServedModel {
-    pub fn new(info: Arc<ModelInfo>, encoder: EncoderHandle, index: Arc<VectorIndex>) -> Self {
-        Self { info, encoder, index, state: AtomicU8::new(0), encoded: AtomicUsize::new(0), failure: Mutex::new(None) }
-    }
-
-    pub fn state(&self) -> ModelState {
-        STATES[self.state.load(Ordering::Acquire) as usize]
-    }
-
-    fn set_state(&self, state: ModelState) {
-        let at = STATES.iter().position(|s| *s == state).expect("a listed state");
-        self.state.store(at as u8, Ordering::Release);
-    }
-
-    fn fail(&self, reason: String) {
-        *self.failure.lock() = Some(reason);
-        self.set_state(ModelState::Failed);
-    }
-
-    /// Its index is ready and its encoder can encode.
-    pub fn is_ready(&self) -> bool {
-        self.status().state == ModelState::Ready
-    }
-
-    /// The state and, unless ready, why: the index's, unless the encoder cannot encode now.
-    pub fn status(&self) -> ModelStatus {
-        match self.encoder.health() {
-            EncoderHealth::Serving => {}
-            EncoderHealth::Restarting(reason) => {
-                return ModelStatus { state: ModelState::Restarting, reason: Some(reason) }
-            }
-            EncoderHealth::Stopped(reason) => return ModelStatus { state: ModelState::Stopped, reason: Some(reason) },
-        }
-        let state = self.state();
-        let reason = match state {
-            ModelState::Loading => Some("reading the stored embeddings".to_string()),
-            ModelState::Encoding => Some(format!(
-                "encoding the documents without a usable stored embedding ({} done)",
-                self.encoded.load(Ordering::Relaxed)
-            )),
-            ModelState::Ready => None,
-            ModelState::Failed => self.failure.lock().clone(),
-            ModelState::Restarting | ModelState::Stopped => None,
-        };
-        ModelStatus { state, reason }
-    }
-
-    /// Ready, or the error a request for it gets.
-    fn check_ready(&self) -> Result<(), EngineError> {
-        match self.state() {
-            ModelState::Ready => Ok(()),
-            ModelState::Failed => Err(EngineError::Failed {
-                model: self.info.name.clone(),
-                reason: self.failure.lock().clone().unwrap_or_default(),
-            }),
-            ModelState::Loading | ModelState::Encoding => Err(EngineError::NotReady(self.info.name.clone())),
-            // Never stored: the encoder answers for itself.
-            ModelState::Restarting | ModelState::Stopped => Ok(()),
-        }
-    }
-
-    pub fn index_params(&self) -> &IndexParams {
-        self.index.params()
-    }
 }
 
 /// How one model's index was prepared at start-up.
@@ -208,8 +134,19 @@ pub struct SearchQuery {
 
 pub struct Engine {
     store: Arc<dyn Store>,
-    /// Replaced as a whole, so a model can be added or swapped without stopping searches.
+    /// The serving version of each model. Replaced as a whole, so a model can be added or swapped without
+    /// stopping searches: a request holds the version it started with.
     models: RwLock<Arc<BTreeMap<String, Arc<ServedModel>>>>,
+    /// Versions being prepared beside the serving ones (added, replacing or rolled back to); writes go to them
+    /// too, so nothing is missing when they take over.
+    candidates: RwLock<Arc<BTreeMap<String, Arc<ServedModel>>>>,
+    /// One model change (add, replace, rollback, retire) is decided at a time.
+    changes: tokio::sync::Mutex<()>,
+    /// Background work of the life cycle (back-fills, drains), stopped at close.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// What loading a model needs: the runtime, the encoder and index settings of config entries by name.
+    loader: lifecycle::Loader,
+    lifecycle: LifecycleSettings,
     /// Held by the commit-and-index phase of every write (a task of its own); readers never take it.
     writes: Arc<tokio::sync::Mutex<()>>,
     /// Permits for exact and high-`ef` searches over a graph.
@@ -252,62 +189,122 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Engine {
-    /// Opens the store and loads every configured model (networks and tokenizers); indexes are empty until
-    /// [`Engine::prepare_indexes`].
+    /// Opens the store and loads the models to serve (networks and tokenizers); indexes are empty until
+    /// [`Engine::prepare_indexes`]. The store's model registry decides what is served: each model's serving
+    /// version, as last recorded; the config's models are served as well the first time they are seen. (Later
+    /// edits of the config's `[[models]]` are applied through the life cycle: see `server`'s config reload.)
     pub async fn open(config: &Config) -> Result<Arc<Self>, EngineError> {
         let metrics = Arc::new(Metrics::new());
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store).await?);
         let env = encoder::runtime::environment(config.onnxruntime.as_deref())?;
-        let mut models = BTreeMap::new();
-        let mut first_model = None;
-        for entry in &config.models {
-            let resolved = Manifest::load(&entry.path)?;
-            let settings = entry.encoder.unwrap_or(config.encoder);
-            let started = Instant::now();
-            let loaded = encoder::onnx::load(&resolved, env, settings.session())?;
-            let info = loaded.info().clone();
-            tracing::info!(model = %info.name, kind = ?info.kind, version = %info.version,
-                seconds = started.elapsed().as_secs_f64(), "model loaded");
-            if models.contains_key(&info.name) {
-                return Err(EngineError::DuplicateModel(info.name));
+        let (loader, configured) = lifecycle::Loader::new(config, env)?;
+        let rows = store.model_versions().await?;
+        // (name, folder, recorded row): the serving versions of the registry, then the config's new models.
+        let mut plan: Vec<(String, std::path::PathBuf, Option<ModelVersion>)> = rows
+            .iter()
+            .filter(|v| v.state == VersionState::Ready)
+            .map(|v| (v.model.clone(), v.path.clone().into(), Some(v.clone())))
+            .collect();
+        for (name, folder) in &configured {
+            if !rows.iter().any(|v| &v.model == name) {
+                plan.push((name.clone(), folder.clone(), None));
             }
-            let rebuild = encoder::onnx::reloader(resolved, env, settings.session(), info.version.clone());
-            let served = ServedModel::new(
-                Arc::new(info.clone()),
-                EncoderHandle::spawn_supervised(loaded, Some(rebuild), settings.queue(), metrics.clone()),
-                Arc::new(VectorIndex::new(info.dimension, entry.index)),
-            );
-            metrics.documents.with_label_values(&[&info.name]).set(0);
-            metrics.encoder_restarts.with_label_values(&[&info.name]).reset();
-            first_model.get_or_insert_with(|| info.name.clone());
-            models.insert(info.name.clone(), Arc::new(served));
         }
-        let default_model = match &config.default_model {
-            Some(name) if models.contains_key(name) => name.clone(),
-            Some(name) => {
+        let mut models = BTreeMap::new();
+        let mut changes = Vec::new();
+        for (name, folder, row) in plan {
+            let loaded = loader.load(&folder, &name, &metrics);
+            let served = match (loaded, &row) {
+                (Ok(served), _) => served,
+                // A version recorded as serving whose folder no longer loads: the others are served.
+                (Err(err), Some(row)) => {
+                    tracing::error!(model = %name, path = %folder.display(), error = %crate::util::error_chain(&err),
+                        "the serving version of this model cannot be loaded; it is not served");
+                    let mut failed = row.clone();
+                    failed.state = VersionState::Failed;
+                    failed.reason = Some(format!("cannot be loaded: {}", crate::util::error_chain(&err)));
+                    failed.since = crate::util::now();
+                    changes.push(failed);
+                    continue;
+                }
+                (Err(err), None) => return Err(err),
+            };
+            let at = crate::util::now();
+            let serving = ModelVersion {
+                model: name.clone(),
+                version: served.info.version.clone(),
+                path: folder.display().to_string(),
+                state: VersionState::Ready,
+                reason: Some("serving".into()),
+                since: at.clone(),
+                created_at: at.clone(),
+                retired_at: None,
+                purged_at: None,
+            };
+            match &row {
+                None => changes.push(serving),
+                Some(row) if row.version != serving.version => {
+                    tracing::warn!(model = %name, recorded = %row.version, found = %serving.version,
+                        "the files of the serving version changed in place; serving (and encoding for) the new version");
+                    let mut old = row.clone();
+                    old.state = VersionState::Retired;
+                    old.reason = Some(format!("its files changed in place into {}", serving.version));
+                    old.since = at.clone();
+                    old.retired_at = Some(at.clone());
+                    changes.extend([old, serving]);
+                }
+                // Unchanged: its row stays as recorded.
+                Some(_) => {}
+            }
+            metrics.documents.with_label_values(&[&name]).set(0);
+            models.insert(name, Arc::new(served));
+        }
+        store.set_version_states(&changes).await?;
+        let stored_default = store.setting(DEFAULT_MODEL_SETTING).await?.filter(|name| models.contains_key(name));
+        let default_model = match (stored_default, &config.default_model) {
+            (Some(name), _) => name,
+            (None, Some(name)) if models.contains_key(name) => name.clone(),
+            (None, Some(name)) => {
                 return Err(EngineError::UnknownModel { name: name.clone(), known: models.keys().cloned().collect() })
             }
-            None => first_model.unwrap_or_default(),
+            (None, None) => configured
+                .iter()
+                .map(|(name, _)| name)
+                .find(|name| models.contains_key(*name))
+                .or(models.keys().next())
+                .cloned()
+                .unwrap_or_default(),
         };
-        Ok(Arc::new(Self {
+        let engine = Arc::new(Self {
             store,
             models: RwLock::new(Arc::new(models)),
+            candidates: RwLock::new(Arc::new(BTreeMap::new())),
+            changes: tokio::sync::Mutex::new(()),
+            tasks: Mutex::new(Vec::new()),
+            loader,
+            lifecycle: config.lifecycle,
             writes: Arc::new(tokio::sync::Mutex::new(())),
             heavy_searches: Arc::new(Semaphore::new(config.limits.max_heavy_searches)),
             default_model: RwLock::new(default_model),
             metrics,
             limits: config.limits,
-        }))
+        });
+        for model in engine.models().values() {
+            engine.set_state_gauge(&model.info.name, &model.info.version, VersionState::Ready);
+        }
+        Ok(engine)
     }
 
-    /// The model used when a request names none: `default_model` in the config, else the first configured.
+    /// The model used when a request names none: the promoted one, else `default_model` in the config, else the
+    /// first configured.
     pub fn default_model(&self) -> String {
         self.default_model.read().clone()
     }
 
-    /// Makes a served model the default (the model used when a request names none).
+    /// Makes a served model the default (the model used when a request names none); kept over restarts.
     pub async fn set_default_model(&self, name: &str) -> Result<(), EngineError> {
         self.model(name)?;
+        self.store.set_setting(DEFAULT_MODEL_SETTING, name).await?;
         *self.default_model.write() = name.to_string();
         Ok(())
     }
@@ -321,12 +318,16 @@ impl Engine {
         self.models.read().clone()
     }
 
+    /// The serving version of a model; a model still being added is not ready yet.
     pub fn model(&self, name: &str) -> Result<Arc<ServedModel>, EngineError> {
         let models = self.models();
-        models.get(name).cloned().ok_or_else(|| EngineError::UnknownModel {
-            name: name.to_string(),
-            known: models.keys().cloned().collect(),
-        })
+        if let Some(model) = models.get(name) {
+            return Ok(model.clone());
+        }
+        if self.candidates.read().contains_key(name) {
+            return Err(EngineError::NotReady(name.to_string()));
+        }
+        Err(EngineError::UnknownModel { name: name.to_string(), known: models.keys().cloned().collect() })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -420,6 +421,7 @@ impl Engine {
 
     /// Stops accepting work and closes the store (after the writes in flight).
     pub async fn close(&self) {
+        self.stop_changes();
         let _write = self.writes.lock().await;
         self.store.close().await;
     }

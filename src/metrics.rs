@@ -25,6 +25,11 @@ pub struct Metrics {
     pub encode_queue_depth: IntGaugeVec,
     pub encode_rejected: IntCounterVec,
     pub encoder_restarts: IntCounterVec,
+    pub model_state: IntGaugeVec,
+    pub model_backfill_documents: IntCounterVec,
+    pub model_backfill_remaining: IntGaugeVec,
+    pub model_swaps: IntCounterVec,
+    pub model_rollbacks: IntCounterVec,
     pub encode_requests: IntCounterVec,
     pub truncated_inputs: IntCounterVec,
     pub search_duration: HistogramVec,
@@ -151,6 +156,32 @@ impl Metrics {
             encoder_restarts: counter(
                 "encoder_restarts_total",
                 "Times a model's encoder was restarted after a panic or repeated session failures.",
+                &["model"],
+            ),
+            model_state: gauge(
+                "model_state",
+                "1 for the life-cycle state each model version is in (loading, backfilling, ready, draining, \
+                 retired, failed), 0 for the others.",
+                &["model", "version", "state"],
+            ),
+            model_backfill_documents: counter(
+                "model_backfill_documents_total",
+                "Documents encoded by back-fills of a model's new versions.",
+                &["model"],
+            ),
+            model_backfill_remaining: gauge(
+                "model_backfill_remaining",
+                "Documents a model's running back-fill still has to encode.",
+                &["model"],
+            ),
+            model_swaps: counter(
+                "model_swaps_total",
+                "Times a new version of a model took over from the serving one.",
+                &["model"],
+            ),
+            model_rollbacks: counter(
+                "model_rollbacks_total",
+                "Times a model was rolled back to its previous version.",
                 &["model"],
             ),
             encode_rejected: counter(
@@ -302,7 +333,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 30, "one per field of Metrics");
+        assert_eq!(m.families.len(), 35, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and

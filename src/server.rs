@@ -2,10 +2,13 @@
 //! answers `/healthz` at once and `/readyz` once every index is ready), import the start-up corpus if one is
 //! configured (into the models that are served: one that failed to prepare is skipped and logged), and shut
 //! down gracefully within `[http] shutdown_grace_secs`. The connections themselves (limits, timeouts,
-//! draining) are the edge's.
+//! draining) are the edge's. Once the indexes are ready, interrupted back-fills resume and the config file's
+//! `[[models]]` are applied through the model life cycle ([`reload`]) — again on each SIGHUP — and embeddings of
+//! versions retired longer than `retention_secs` are removed (then every ten minutes).
 
 mod conn;
 mod edge;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +31,15 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     serve: JoinHandle<()>,
     background: JoinHandle<()>,
+    /// The SIGHUP listener and the retention sweeper.
+    upkeep: Vec<JoinHandle<()>>,
     grace: Duration,
+    /// The config file, re-read by [`RunningServer::reload`].
+    source: Option<std::path::PathBuf>,
 }
+
+/// How often embeddings of versions retired longer than `retention_secs` are looked for.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Starts a server for `config` (use port 0 for an ephemeral port; the bound address is in `addr`).
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
@@ -43,10 +53,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
 
     let background = tokio::spawn({
         let engine = engine.clone();
+        let experiments = experiments.clone();
         let import = config.import.clone();
+        let config = config.clone();
         async move {
             if let Err(err) = engine.prepare_indexes().await {
                 tracing::error!(error = %error_chain(&err), "building an index failed; the server stays unready");
+            }
+            engine.resume_changes().await;
+            if let Err(err) = reload::apply_models(&engine, &experiments, &config).await {
+                tracing::error!(error = %error_chain(&*err), "applying the config file's models failed");
             }
             let Some(path) = import else { return };
             // A model that failed is not served; the import goes on for the ones that are.
@@ -95,10 +111,53 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     };
     let serve = tokio::spawn(edge::serve(listener, app, edge, rx));
     let grace = Duration::from_secs(config.http.shutdown_grace_secs);
-    Ok(RunningServer { addr, engine, experiments, shutdown: Some(tx), serve, background, grace })
+    let mut upkeep = vec![tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            let mut every = tokio::time::interval(PURGE_EVERY);
+            loop {
+                every.tick().await;
+                if let Err(err) = engine.purge_expired().await {
+                    tracing::error!(error = %error_chain(&err), "removing the embeddings of retired versions failed");
+                }
+            }
+        }
+    })];
+    if let Some(path) = config.source.clone() {
+        // Registered now, before start returns: a SIGHUP from then on reloads instead of ending the process.
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let (engine, experiments) = (engine.clone(), experiments.clone());
+        upkeep.push(tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!(file = %path.display(), "SIGHUP: re-reading the config file's models");
+                if let Err(err) = reload_from(&engine, &experiments, &path).await {
+                    tracing::error!(error = %error_chain(&*err), "reloading the config file failed");
+                }
+            }
+        }));
+    }
+    let source = config.source.clone();
+    Ok(RunningServer { addr, engine, experiments, shutdown: Some(tx), serve, background, upkeep, grace, source })
+}
+
+async fn reload_from(
+    engine: &Arc<Engine>,
+    experiments: &Experiments,
+    path: &std::path::Path,
+) -> anyhow::Result<reload::Applied> {
+    let config = Config::from_file(path)?;
+    config.validate()?;
+    reload::apply_models(engine, experiments, &config).await
 }
 
 impl RunningServer {
+    /// Re-reads the config file's `[[models]]` and applies what changed (what SIGHUP does).
+    pub async fn reload(&self) -> anyhow::Result<reload::Applied> {
+        let path =
+            self.source.as_ref().ok_or_else(|| anyhow::anyhow!("this server was not started from a config file"))?;
+        reload_from(&self.engine, &self.experiments, path).await
+    }
+
     /// Stops accepting connections, closes idle ones, lets requests in flight finish, writes the queued
     /// exposures and closes the store — all within the shutdown grace, after which it returns regardless.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
@@ -108,6 +167,9 @@ impl RunningServer {
         }
         self.background.abort();
         let _ = (&mut self.background).await;
+        for task in &self.upkeep {
+            task.abort();
+        }
         // The edge cuts requests still running at its drain deadline, before ours.
         let served = (&mut self.serve).await;
         // Exposures queued by the last requests are written before the store closes.

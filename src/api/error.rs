@@ -89,6 +89,26 @@ impl From<EngineError> for ApiError {
             EngineError::Encoder(err) => err.into(),
             EngineError::Store(err) => err.into(),
             EngineError::Index(err) => err.into(),
+            EngineError::ModelExists(_) => ApiError::new(StatusCode::CONFLICT, "model-exists", err.to_string()),
+            EngineError::OutsideModelRoot { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "outside-model-root", err.to_string())
+            }
+            EngineError::BadModelPath { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-model-path", err.to_string())
+            }
+            EngineError::BadModelName(_) => ApiError::invalid(err.to_string()),
+            EngineError::BadModel { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-model", error_chain(&err))
+            }
+            EngineError::SameVersion { .. } => ApiError::new(StatusCode::CONFLICT, "same-version", err.to_string()),
+            EngineError::ChangeInProgress { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "change-in-progress", err.to_string())
+            }
+            EngineError::NoPrevious { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "no-previous-version", err.to_string())
+            }
+            EngineError::RetireDefault(_) => ApiError::new(StatusCode::CONFLICT, "model-is-default", err.to_string()),
+            EngineError::Cancelled(_) => ApiError::new(StatusCode::CONFLICT, "change-abandoned", err.to_string()),
             EngineError::DuplicateModel(_) | EngineError::Task(_) => ApiError::internal(&err),
         }
     }
@@ -154,6 +174,7 @@ impl From<ExperimentError> for ApiError {
             ExperimentError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid-transition", err.to_string())
             }
+            ExperimentError::ModelInUse { .. } => ApiError::new(StatusCode::CONFLICT, "model-in-use", err.to_string()),
             ExperimentError::Store(err) => err.into(),
             ExperimentError::Engine(err) => err.into(),
         }

@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
@@ -64,6 +64,11 @@ fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)>
         ("GET", "/metrics", OPS, get(ops::metrics)),
         ("GET", "/openapi.yaml", OPS, get(ops::openapi)),
         ("GET", "/v1/models", SEARCH, get(models::list)),
+        ("POST", "/v1/models", ADMIN, post(models::add)),
+        ("GET", "/v1/models/{name}", SEARCH, get(models::get_one)),
+        ("PUT", "/v1/models/{name}", ADMIN, put(models::replace)),
+        ("DELETE", "/v1/models/{name}", ADMIN, delete(models::retire)),
+        ("POST", "/v1/models/{name}/rollback", ADMIN, post(models::rollback)),
         ("POST", "/v1/documents", WRITE, post(documents::upsert)),
         ("GET", "/v1/documents/{id}", SEARCH, get(documents::get_one)),
         ("DELETE", "/v1/documents/{id}", WRITE, delete(documents::delete_one)),

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ort::environment::Environment;
+pub use ort::environment::Environment;
 
 use super::EncoderError;
 

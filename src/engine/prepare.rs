@@ -4,7 +4,6 @@
 //! encoded. Models are prepared one after the other; one that fails is marked failed (with the reason `/readyz`
 //! reports) and the others are still prepared and served.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ use crate::util::error_chain;
 const BATCH: usize = 256;
 
 /// Why a stored vector cannot be served.
-fn unusable(vector: &[f32], dimension: usize) -> Option<&'static str> {
+pub(super) fn unusable(vector: &[f32], dimension: usize) -> Option<&'static str> {
     if vector.len() != dimension {
         Some("wrong-length")
     } else if vector.iter().any(|x| !x.is_finite()) {
@@ -76,7 +75,8 @@ impl Engine {
         let index = model.index.clone();
         blocking(move || index.upsert(stored)).await??;
 
-        model.set_state(ModelState::Encoding);
+        let (_, missing) = self.store.embedding_counts(&info.name, &info.version).await?;
+        model.begin_backfill(missing + corrupt.len() as u64);
         let mut encoded = 0;
         let mut after: Option<String> = None;
         loop {
@@ -128,7 +128,7 @@ impl Engine {
         let items: Vec<(String, Vec<f32>)> = batch.into_iter().map(|d| d.id).zip(vectors).collect();
         let index = model.index.clone();
         blocking(move || index.upsert(items)).await??;
-        model.encoded.fetch_add(count, Ordering::Relaxed);
+        model.add_done(count as u64);
         Ok(count)
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::ModelEntry;
+use crate::encoder::{EncoderHandle, Manifest};
+use crate::index::{IndexParams, VectorIndex};
 
 fn tiny(name: &str, index: IndexParams) -> ModelEntry {
     ModelEntry { path: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name), index, encoder: None }
@@ -81,7 +83,10 @@ async fn a_model_that_fails_to_prepare_is_reported_and_leaves_the_others_serving
     let mut models = (*engine.models()).clone();
     let old = models[broken].clone();
     let index = Arc::new(VectorIndex::new(old.info.dimension + 1, *old.index_params()));
-    models.insert(broken.into(), Arc::new(ServedModel::new(old.info.clone(), old.encoder.clone(), index)));
+    models.insert(
+        broken.into(),
+        Arc::new(ServedModel::new(old.info.clone(), old.encoder.clone(), index, old.path.clone())),
+    );
     *engine.models.write() = Arc::new(models);
 
     let err = engine.prepare_indexes().await.unwrap_err();
@@ -181,7 +186,7 @@ async fn panicky_engine(store: &Path, reload_fails: bool) -> Arc<Engine> {
         Default::default(),
         engine.metrics.clone(),
     );
-    let model = ServedModel::new(old.info.clone(), handle, old.index.clone());
+    let model = ServedModel::new(old.info.clone(), handle, old.index.clone(), old.path.clone());
     *engine.models.write() = Arc::new(BTreeMap::from([("tiny-encoder".to_string(), Arc::new(model))]));
     engine.prepare_indexes().await.unwrap();
     engine.upsert(docs("d", 5)).await.unwrap();

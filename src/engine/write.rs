@@ -15,22 +15,33 @@ use crate::encoder::Side;
 use crate::metrics::Metrics;
 use crate::store::{content_hash, NewDocument, NewEmbedding};
 
-/// The models a write goes to: every model, once none is still preparing; a failed model is left out (it is not
-/// served, and it encodes what it lacks when it next prepares).
+/// The models a write goes to: every serving model, once none is still preparing at start-up, and every version
+/// being prepared beside them; a failed model is left out (it is not served, and it encodes what it lacks when it
+/// next prepares).
 fn write_targets(engine: &Engine) -> Result<Vec<Arc<ServedModel>>, EngineError> {
     let models = engine.models();
-    // Writes wait for the indexes: a document deleted (or replaced) while its stored embedding is being loaded
-    // would come back as a ghost entry.
-    if let Some(model) = models.values().find(|m| matches!(m.state(), ModelState::Loading | ModelState::Encoding)) {
+    // Writes wait for the indexes prepared at start-up: a document deleted (or replaced) while its stored
+    // embedding is being loaded would come back as a ghost entry. (A version prepared beside the serving one
+    // loads under the write lock instead.)
+    if let Some(model) = models.values().find(|m| matches!(m.state(), ModelState::Loading | ModelState::Backfilling)) {
         return Err(EngineError::NotReady(model.info.name.clone()));
     }
-    Ok(models.values().filter(|m| m.is_ready()).cloned().collect())
+    let candidates = engine.candidates();
+    let preparing = candidates.values().filter(|m| m.state() != ModelState::Failed);
+    Ok(models.values().filter(|m| m.is_ready()).chain(preparing).cloned().collect())
+}
+
+/// Versions that became write targets after a write chose its own (a swap or a new candidate in between): the
+/// commit encodes for them too, under the write lock, so that the version serving next has every document.
+fn late_targets(engine: &Engine, chosen: &[Arc<ServedModel>]) -> Vec<Arc<ServedModel>> {
+    let current = write_targets(engine).unwrap_or_default();
+    current.into_iter().filter(|m| !chosen.iter().any(|c| Arc::ptr_eq(c, m))).collect()
 }
 
 impl Engine {
     /// Inserts or replaces documents: encoded by every model, stored durably, indexed — then acknowledged.
     /// Documents must already be validated and have distinct ids.
-    pub async fn upsert(&self, documents: Vec<NewDocument>) -> Result<UpsertReport, EngineError> {
+    pub async fn upsert(self: &Arc<Self>, documents: Vec<NewDocument>) -> Result<UpsertReport, EngineError> {
         let models = write_targets(self)?;
         let texts: Vec<String> = documents.iter().map(|d| d.text.clone()).collect();
         // Every model encodes at once, each on its own thread.
@@ -59,9 +70,27 @@ impl Engine {
         let upserted = documents.len();
         let names = models.iter().map(|m| m.info.name.clone()).collect();
 
-        let (store, writes, metrics) = (self.store.clone(), self.writes.clone(), self.metrics.clone());
+        let engine = self.clone();
         let commit = tokio::spawn(async move {
-            let _write = writes.lock_owned().await;
+            let (store, metrics) = (engine.store.clone(), engine.metrics.clone());
+            let _write = engine.writes.clone().lock_owned().await;
+            let chosen: Vec<Arc<ServedModel>> = per_model.iter().map(|(m, _)| m.clone()).collect();
+            let late = late_targets(&engine, &chosen);
+            let mut embeddings = embeddings;
+            let texts: Vec<String> = documents.iter().map(|d| d.text.clone()).collect();
+            for model in late {
+                let vectors = model.encoder.encode(texts.clone(), Side::Document).await?.vectors;
+                for (doc, vector) in documents.iter().zip(&vectors) {
+                    embeddings.push(NewEmbedding {
+                        model: model.info.name.clone(),
+                        model_version: model.info.version.clone(),
+                        document_id: doc.id.clone(),
+                        content_hash: content_hash(&doc.text),
+                        vector: vector.clone(),
+                    });
+                }
+                per_model.push((model, vectors));
+            }
             store.upsert(&documents, &embeddings).await?;
             let mut first_error = None;
             for (model, vectors) in per_model {
@@ -79,12 +108,14 @@ impl Engine {
     }
 
     /// Deletes a document from the store and every index; returns whether it existed.
-    pub async fn delete(&self, id: &str) -> Result<bool, EngineError> {
-        let models = write_targets(self)?;
-        let (store, writes, metrics, id) =
-            (self.store.clone(), self.writes.clone(), self.metrics.clone(), id.to_string());
+    pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool, EngineError> {
+        write_targets(self)?;
+        let (engine, id) = (self.clone(), id.to_string());
         let commit = tokio::spawn(async move {
-            let _write = writes.lock_owned().await;
+            let (store, metrics) = (engine.store.clone(), engine.metrics.clone());
+            let _write = engine.writes.clone().lock_owned().await;
+            // Chosen under the lock: every version serving or being prepared now forgets the document.
+            let models = write_targets(&engine).unwrap_or_default();
             let existed = store.delete(&id).await?;
             for model in &models {
                 model.index.delete(&id);

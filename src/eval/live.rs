@@ -47,6 +47,16 @@ fn failure_message(err: &EngineError) -> String {
             EncoderError::Overloaded { .. } | EncoderError::Stopped { .. } | EncoderError::Restarting { .. },
         ) => err.to_string(),
         EngineError::DuplicateModel(_)
+        | EngineError::ModelExists(_)
+        | EngineError::OutsideModelRoot { .. }
+        | EngineError::BadModelPath { .. }
+        | EngineError::BadModelName(_)
+        | EngineError::BadModel { .. }
+        | EngineError::SameVersion { .. }
+        | EngineError::ChangeInProgress { .. }
+        | EngineError::NoPrevious { .. }
+        | EngineError::RetireDefault(_)
+        | EngineError::Cancelled(_)
         | EngineError::Encoder(
             EncoderError::Runtime { .. }
             | EncoderError::Manifest { .. }

@@ -13,6 +13,7 @@ pub mod assign;
 pub mod exposure;
 pub mod interleave;
 pub mod report;
+mod retire;
 pub mod serve;
 pub mod simulate;
 pub mod stats;
@@ -70,6 +71,8 @@ pub enum ExperimentError {
     UnknownRequest(String),
     #[error("document `{doc_id}` was not shown in request `{request_id}`")]
     NotShown { request_id: String, doc_id: String },
+    #[error("model `{model}` serves an arm of experiment `{experiment}`, which is running or paused; stop it first")]
+    ModelInUse { model: String, experiment: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -6,6 +6,7 @@
 
 pub mod header;
 pub mod records;
+pub mod registry;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ pub use records::{
     Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureRecord, Fingerprint, InterleaveCounts, Mode,
     NewDocument, NewEmbedding, ShadowRecord, ShadowRow, Shown, Status,
 };
+pub use registry::{ModelEvent, ModelRegistry, ModelVersion, VersionState};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +56,10 @@ pub fn content_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Everything Duet keeps in SQL. Implementations must make [`Store::upsert`] atomic: documents and their
+/// Everything Duet keeps in SQL (the model registry's part is [`ModelRegistry`]). Implementations must make [`Store::upsert`] atomic: documents and their
 /// embeddings land together or not at all.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ModelRegistry + Send + Sync + 'static {
     /// Inserts or replaces documents (keeping `created_at` of existing ones) and writes the given embeddings, in
     /// one transaction. Embeddings of other models for a replaced text become stale (their hash differs).
     async fn upsert(&self, documents: &[NewDocument], embeddings: &[NewEmbedding]) -> Result<(), StoreError>;

@@ -1,5 +1,8 @@
 //! The embedded SQLite store (the default): one file, write-ahead log, `synchronous = FULL` so an acknowledged
-//! write survives a crash; migrations from `migrations/sqlite` run at open.
+//! write survives a crash; migrations from `migrations/sqlite` run at open. The model registry's queries are in
+//! [`models`].
+
+mod models;
 
 use std::collections::HashMap;
 use std::path::Path;
