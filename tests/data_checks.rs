@@ -145,7 +145,7 @@ async fn readyz_reports_each_model_state_with_a_reason_until_ready() {
     assert_eq!(status == 200, body["ready"] == true, "{body}");
     for (name, model) in body["models"].as_object().unwrap() {
         let state = model["state"].as_str().unwrap();
-        assert!(["loading", "encoding", "ready"].contains(&state), "{name}: {model}");
+        assert!(["loading", "backfilling", "ready"].contains(&state), "{name}: {model}");
         assert_eq!(model["ready"] == true, state == "ready", "{name}: {model}");
         assert_eq!(model.get("reason").is_some(), state != "ready", "{name}: {model}");
     }

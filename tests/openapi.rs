@@ -45,11 +45,12 @@ async fn every_spec_route_answers_and_the_spec_is_served() {
 
     // No spec route falls through to the router's 404 / 405 fallbacks.
     for (method, path) in spec_routes() {
-        let url = server.url(&path.replace("{id}", "some-id"));
+        let url = server.url(&path.replace("{id}", "some-id").replace("{name}", "some-model"));
         let request = match method.as_str() {
             "GET" => server.client.get(url),
             "POST" => server.client.post(url).json(&serde_json::json!({})),
             "PATCH" => server.client.patch(url).json(&serde_json::json!({})),
+            "PUT" => server.client.put(url).json(&serde_json::json!({})),
             "DELETE" => server.client.delete(url),
             other => panic!("unexpected method {other}"),
         };
