@@ -211,7 +211,21 @@ impl Engine {
             }
         }
         let mut models = BTreeMap::new();
-        let mut changes = Vec::new();
+        // Versions a stop caught draining are retired now.
+        let mut changes: Vec<ModelVersion> = rows
+            .iter()
+            .filter(|v| v.state == VersionState::Draining)
+            .map(|v| {
+                let at = crate::util::now();
+                ModelVersion {
+                    state: VersionState::Retired,
+                    reason: Some("drained when the server stopped".into()),
+                    since: at.clone(),
+                    retired_at: Some(at),
+                    ..v.clone()
+                }
+            })
+            .collect();
         for (name, folder, row) in plan {
             let loaded = loader.load(&folder, &name, &metrics);
             let served = match (loaded, &row) {

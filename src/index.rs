@@ -490,8 +490,5 @@ pub fn recall(approx: &[Hit], exact: &[Hit]) -> f64 {
     found as f64 / exact.len() as f64
 }
 
-/// Shared handle, so a rebuild can run on a blocking thread.
-pub type SharedIndex = Arc<VectorIndex>;
-
 #[cfg(test)]
 mod tests;

@@ -341,3 +341,23 @@ async fn editing_the_config_file_and_sending_sighup_replaces_and_retires_models(
     assert!(again.changed.is_empty() && again.retired.is_empty() && again.refused.is_empty(), "{again:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_retention_a_replaced_version_cannot_be_rolled_back_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let lifecycle = LifecycleSettings { retention_secs: 0, ..LifecycleSettings::default() };
+    let server = TestServer::start(config(&dir.path().join("duet.db"), lifecycle)).await;
+    upsert(&server, "d", 0..40).await;
+    let v1 = serving_version(&detail(&server, "tiny-encoder").await).unwrap();
+    let (status, body) = put(&server, "/v1/models/tiny-encoder", &json!({"path": "tiny-encoder-v2"})).await;
+    assert_eq!(status, 202, "{body}");
+    let retired = until(&server, "tiny-encoder", "v1 is retired and purged", |d| {
+        d["history"].as_array().unwrap().iter().any(|e| e["version"] == v1.as_str() && e["state"] == "retired")
+            && d["previous"].is_null()
+    })
+    .await;
+    assert!(serving_version(&retired).is_some_and(|v| v != v1), "{retired:#}");
+    let (status, body) = server.post("/v1/models/tiny-encoder/rollback", &json!({})).await;
+    assert_eq!((status, body["type"].as_str()), (409, Some("/problems/no-previous-version")), "{body}");
+    server.stop().await;
+}

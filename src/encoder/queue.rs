@@ -13,8 +13,8 @@
 //! served by the rebuilt encoder. While it cannot encode, [`EncoderHandle::health`] says so (`/readyz` reports it);
 //! a rebuild that fails is tried again every [`RETRY_REBUILD`], when a request comes.
 //!
-//! Dropping every [`EncoderHandle`] closes the queue; the thread finishes the jobs already queued and exits, which
-//! is what a zero-downtime model swap needs.
+//! Dropping every [`EncoderHandle`] closes the queue; the thread finishes the jobs already queued and exits: a
+//! replaced model version, once drained, lets its thread go this way.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -491,6 +491,12 @@ impl Engine {
         while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // Rolled back to meanwhile: that version serves (or is being prepared) again, and is not retired.
+        let name = &old.info.name;
+        let again = |m: Option<&Arc<ServedModel>>| m.is_some_and(|m| m.info.version == old.info.version);
+        if again(self.models().get(name)) || again(self.candidates().get(name)) {
+            return;
+        }
         if let Err(err) = self.record(&old, VersionState::Retired, Some(reason)).await {
             tracing::error!(model = %old.info.name, error = %error_chain(&err), "cannot record a retired version");
         }
