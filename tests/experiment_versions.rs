@@ -1,6 +1,7 @@
 //! Experiments know model versions, over HTTP: every exposure records the version that served each arm (read back
-//! through the report), and stopping an experiment can promote its winning arm's model to the default model,
-//! keeping who won, the report it won on, and when.
+//! through the report), an arm whose model is replaced mid-experiment is split by version, and stopping an
+//! experiment can promote its winning arm's model to the default model, keeping who won, the report it won on,
+//! and when.
 
 mod common;
 
@@ -177,5 +178,93 @@ async fn interleaved_and_shadow_exposures_record_every_arm_version() {
     assert_eq!(report["shadow"]["compared"], 4, "{report}");
     assert_eq!(report["shadow"]["versions"], json!([version[b]]), "{report}");
     assert!(report["shadow"].get("by_version").is_none());
+    server.stop().await;
+}
+
+/// 12 A/B searches (counted per arm and version served) and 3 interleaved ones.
+async fn round(server: &TestServer, served: &mut BTreeMap<(String, String), u64>) {
+    for u in 0..12 {
+        let body =
+            search(server, json!({"query": "sort numbers", "unit_id": format!("u{u}"), "experiment": "ab"})).await;
+        let key = (body["arm"].as_str().unwrap().to_string(), body["model_version"].as_str().unwrap().to_string());
+        *served.entry(key).or_default() += 1;
+    }
+    for u in 0..3 {
+        search(server, json!({"query": "sort numbers", "unit_id": format!("u{u}"), "experiment": "il"})).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_arm_whose_model_is_replaced_mid_experiment_is_split_by_version() {
+    // The next version of tiny-encoder: the same network under a changed manifest (a new content hash), in a
+    // models_dir of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let next = dir.path().join("models/tiny-encoder-next");
+    std::fs::create_dir_all(&next).unwrap();
+    for file in ["model.onnx", "model.toml", "tokenizer.json"] {
+        std::fs::copy(common::repo().join("models/tiny-encoder").join(file), next.join(file)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(next.join("model.toml")).unwrap();
+    std::fs::write(next.join("model.toml"), format!("# The next version.\n{manifest}")).unwrap();
+    let mut config = tiny_config(&dir.path().join("duet.db"));
+    config.models_dir = dir.path().join("models");
+    let server = loaded(config).await;
+    let (before, _) = versions(&server).await;
+    let (replaced, other) = ("tiny-encoder", "tiny-two-tower");
+    let arms = json!([{"model": replaced}, {"model": other}]);
+    create(&server, json!({"name": "ab", "mode": "ab", "status": "running", "arms": arms})).await;
+    create(&server, json!({"name": "il", "mode": "interleave", "status": "running", "arms": arms})).await;
+    let mut served = BTreeMap::new();
+    round(&server, &mut served).await;
+
+    // A new version of one arm's model takes over while both experiments run.
+    let response = server
+        .client
+        .put(server.url(&format!("/v1/models/{replaced}")))
+        .json(&json!({"path": "tiny-encoder-next"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = common::read(response).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let (after, _) = versions(&server).await;
+        if after[replaced] != before[replaced] {
+            break after[replaced].clone();
+        }
+        assert!(Instant::now() < deadline, "the new version did not take over within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    round(&server, &mut served).await;
+    let count = |arm: &str, version: &str| served.get(&(arm.to_string(), version.to_string())).copied().unwrap_or(0);
+    let (old, kept) = (before[replaced].as_str(), before[other].as_str());
+    assert!(count(replaced, old) > 0 && count(replaced, &new) > 0, "both versions served the arm: {served:?}");
+
+    let (_, report) = server.get("/v1/experiments/ab/report").await;
+    let (arm, unchanged) = (&report["arms"][0], &report["arms"][1]);
+    assert_eq!(arm["versions"], json!([old, new]), "first served first: {report}");
+    assert_eq!(arm["impressions"], count(replaced, old) + count(replaced, &new));
+    let split: Vec<_> = arm["by_version"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["version"].clone(), v["impressions"].clone()))
+        .collect();
+    assert_eq!(split, [(json!(old), json!(count(replaced, old))), (json!(new), json!(count(replaced, &new)))]);
+    assert_eq!(unchanged["versions"], json!([kept]));
+    assert!(unchanged.get("by_version").is_none(), "{unchanged}");
+
+    let (_, report) = server.get("/v1/experiments/il/report").await;
+    let il = &report["interleave"];
+    let pairs = json!([{replaced: old, other: kept}, {replaced: new, other: kept}]);
+    assert_eq!(il["versions"], pairs, "{report}");
+    let split: Vec<_> = il["by_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["versions"].clone(), p["impressions"].clone()))
+        .collect();
+    assert_eq!(split, [(pairs[0].clone(), json!(3)), (pairs[1].clone(), json!(3))]);
     server.stop().await;
 }
