@@ -175,6 +175,15 @@ impl From<ExperimentError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "invalid-transition", err.to_string())
             }
             ExperimentError::ModelInUse { .. } => ApiError::new(StatusCode::CONFLICT, "model-in-use", err.to_string()),
+            // Promoting: the experiment is not in a state that allows it, or was promoted before.
+            ExperimentError::NotStopped { .. } => ApiError::new(StatusCode::CONFLICT, "not-stopped", err.to_string()),
+            ExperimentError::AlreadyPromoted { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already-promoted", err.to_string())
+            }
+            // The request names a model no arm of this experiment has.
+            ExperimentError::NotAnArmModel { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "not-an-arm-model", err.to_string())
+            }
             ExperimentError::Store(err) => err.into(),
             ExperimentError::Engine(err) => err.into(),
         }

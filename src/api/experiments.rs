@@ -44,7 +44,7 @@ pub async fn update(
     ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<ExperimentPatch>,
 ) -> Result<Response, ApiError> {
-    Ok(axum::Json(state.experiments.update(&id, patch).await?).into_response())
+    Ok(axum::Json(state.experiments.update(&id, patch, &state.engine).await?).into_response())
 }
 
 pub async fn report(

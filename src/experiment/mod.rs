@@ -7,11 +7,13 @@
 //!   [`interleave`] merges two rankings by team-draft interleaving.
 //! - [`exposure`] writes what was shown (exposures) and shadow comparisons asynchronously, in batches, through a
 //!   bounded queue: the search path never waits for the store, and drops (and counts) exposures when full.
-//! - [`report`] turns exposures and feedback into per-arm statistics with [`stats`].
+//! - [`report`] turns exposures and feedback into per-arm statistics with [`stats`], split by model version when
+//!   an arm's model changed mid-experiment; `promote` makes a stopped experiment's winner the default model.
 
 pub mod assign;
 pub mod exposure;
 pub mod interleave;
+mod promote;
 pub mod report;
 mod retire;
 pub mod serve;
@@ -26,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ExperimentSettings;
 use crate::metrics::Metrics;
-pub use crate::store::{Arm, Experiment, ExposureItem, ExposureRecord, Mode, ShadowRecord, Status};
-use crate::store::{Store, StoreError};
+pub use crate::store::{Arm, Experiment, ExposureItem, ExposureRecord, Mode, Promotion, ShadowRecord, Status};
+use crate::store::{InterleaveCounts, Store, StoreError};
 pub use exposure::ExposureLog;
 
 impl Status {
@@ -73,6 +75,12 @@ pub enum ExperimentError {
     NotShown { request_id: String, doc_id: String },
     #[error("model `{model}` serves an arm of experiment `{experiment}`, which is running or paused; stop it first")]
     ModelInUse { model: String, experiment: String },
+    #[error("experiment `{name}` is {status}; only a stopped experiment's arm can be promoted (send `\"status\": \"stopped\"` with `promote`)")]
+    NotStopped { name: String, status: &'static str },
+    #[error("`{model}` is not the model of an arm of experiment `{experiment}` (its arms' models: {models})")]
+    NotAnArmModel { experiment: String, model: String, models: String },
+    #[error("experiment `{name}` was promoted already: `{model}` became the default model at {at}")]
+    AlreadyPromoted { name: String, model: String, at: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -177,6 +185,9 @@ pub struct ExperimentPatch {
     pub weights: Option<BTreeMap<String, f64>>,
     #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub default: Option<bool>,
+    /// The model of the winning arm, made the default model; the experiment must be (or become) stopped.
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
+    pub promote: Option<String>,
 }
 
 pub const MAX_ARMS: usize = 8;
@@ -268,7 +279,8 @@ impl Experiments {
     ) -> Result<Self, StoreError> {
         let all = store.experiments().await?;
         for e in all.iter().filter(|e| e.mode == Mode::Interleave) {
-            let counts = store.interleave_counts(&e.id, [&e.arms[0].name, &e.arms[1].name]).await?;
+            let counts =
+                InterleaveCounts::sum(&store.interleave_counts(&e.id, [&e.arms[0].name, &e.arms[1].name]).await?);
             let gauge = &metrics.interleave_outcomes;
             gauge.with_label_values(&[&e.name, &e.arms[0].name]).set(counts.wins[0] as i64);
             gauge.with_label_values(&[&e.name, &e.arms[1].name]).set(counts.wins[1] as i64);
@@ -330,6 +342,7 @@ impl Experiments {
             updated_at: at.clone(),
             started_at: (status == Status::Running).then(|| at.clone()),
             stopped_at: None,
+            promotion: None,
         };
         self.store.save_experiment(&experiment).await?;
         self.replace_cached(experiment.clone());
@@ -338,7 +351,13 @@ impl Experiments {
 
     /// Applies a change. Weights can change while running: a unit keeps its arm unless its hash point now falls
     /// in another arm's interval (see [`assign`]); only the units between the old and new boundaries move.
-    pub async fn update(&self, key: &str, patch: ExperimentPatch) -> Result<Arc<Experiment>, ExperimentError> {
+    /// `promote` makes the model of an arm the engine's default model (see `promote`); all or nothing.
+    pub async fn update(
+        &self,
+        key: &str,
+        patch: ExperimentPatch,
+        engine: &crate::engine::Engine,
+    ) -> Result<Arc<Experiment>, ExperimentError> {
         let _write = self.writes.lock().await;
         let mut experiment = (*self.find(key)?).clone();
         let at = now();
@@ -379,7 +398,10 @@ impl Experiments {
         if experiment.status == Status::Archived {
             experiment.default = false;
         }
-        experiment.updated_at = at;
+        experiment.updated_at = at.clone();
+        if let Some(model) = &patch.promote {
+            self.promote(&mut experiment, model, engine, at).await?;
+        }
         self.store.save_experiment(&experiment).await?;
         self.replace_cached(experiment.clone());
         Ok(Arc::new(experiment))

@@ -2,6 +2,8 @@
 //! 95 % intervals, and the latency served; then, by mode, the two-proportion z-test of every arm against the
 //! control (A/B), wins / losses / ties with the sign test (interleaving), or the overlap of the shadow arm with
 //! the served one (shadow) — each with the sample size still needed for a stated minimum detectable effect.
+//! Every part names the model versions that served it, and is split by version when an arm's model changed
+//! mid-experiment (exposures logged before versions were recorded count as version `null`).
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::stats::{self, Estimate};
 use super::{Experiment, ExperimentError, Mode};
-use crate::store::{ArmOutcome, Store};
+use crate::store::{ArmOutcome, ExposureLatency, InterleaveCounts, Store, Versions};
 use crate::util::stats::{mean, quantile};
 
 /// The decision thresholds of a report (query parameters of `GET /v1/experiments/{id}/report`).
@@ -102,8 +104,46 @@ pub struct ArmReport {
     pub name: String,
     pub model: String,
     pub weight: f64,
+    /// The versions of the arm's model that served its impressions, first served first; `null` for impressions
+    /// logged before versions were recorded.
+    pub versions: Vec<Option<String>>,
     #[serde(flatten)]
     pub outcomes: Outcomes,
+    /// The outcomes per version, when more than one served the arm.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_version: Vec<VersionOutcomes>,
+}
+
+/// The impressions one version of an arm's model served.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionOutcomes {
+    pub version: Option<String>,
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
+}
+
+/// The model version of each arm (by arm name) that served interleaved impressions.
+pub type VersionPair = BTreeMap<String, Option<String>>;
+
+/// The interleaved impressions one pair of versions served.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairOutcomes {
+    pub versions: VersionPair,
+    #[serde(flatten)]
+    pub outcomes: Outcomes,
+    pub wins: BTreeMap<String, u64>,
+    pub ties: u64,
+    pub no_click: u64,
+}
+
+/// The shadow comparisons of one version of the shadow arm's model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShadowVersion {
+    pub version: Option<String>,
+    pub compared: usize,
+    pub jaccard: Estimate,
+    pub rbo: Estimate,
+    pub shadow_latency_ms: Latency,
 }
 
 /// One treatment arm against the control (the first arm), on CTR.
@@ -145,6 +185,11 @@ pub struct InterleaveReport {
     pub needed_decided: u64,
     pub remaining_decided: u64,
     pub remaining_impressions: Option<u64>,
+    /// The version pairs that served, first served first.
+    pub versions: Vec<VersionPair>,
+    /// The outcomes per version pair, when more than one served.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_versions: Vec<PairOutcomes>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +199,11 @@ pub struct ShadowReport {
     pub rbo: Estimate,
     pub primary_latency_ms: Latency,
     pub shadow_latency_ms: Latency,
+    /// The versions of the shadow arm's model that ran, first first (`null`: logged before versions were).
+    pub versions: Vec<Option<String>>,
+    /// The comparisons per shadow version, when more than one ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub by_version: Vec<ShadowVersion>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,17 +234,76 @@ fn mean_of(values: impl Iterator<Item = f64>) -> Estimate {
     stats::mean_estimate(sum, squares, n)
 }
 
+/// The distinct keys, first seen first.
+fn in_order<K: PartialEq>(keys: impl Iterator<Item = K>) -> Vec<K> {
+    let mut seen = Vec::new();
+    for k in keys {
+        if !seen.contains(&k) {
+            seen.push(k);
+        }
+    }
+    seen
+}
+
+fn add(into: &mut ArmOutcome, o: &ArmOutcome) {
+    into.impressions += o.impressions;
+    into.clicked += o.clicked;
+    into.converted += o.converted;
+    into.rr_sum += o.rr_sum;
+    into.rr_squares += o.rr_squares;
+}
+
+/// Outcome rows (first served first) and latencies of one part of a report, split by the version key that `key`
+/// reads from their versions: per key, first served first, the summed outcomes and the latencies.
+fn split<'a, K: PartialEq + Clone>(
+    rows: impl Iterator<Item = &'a ArmOutcome>,
+    latencies: &[ExposureLatency],
+    belongs: impl Fn(&ExposureLatency) -> bool,
+    key: impl Fn(&Versions) -> K,
+) -> Vec<(K, ArmOutcome, Vec<f64>)> {
+    let mut parts: Vec<(K, ArmOutcome, Vec<f64>)> = Vec::new();
+    for row in rows {
+        let k = key(&row.versions);
+        match parts.iter_mut().find(|p| p.0 == k) {
+            Some(part) => add(&mut part.1, row),
+            None => parts.push((k, row.clone(), Vec::new())),
+        }
+    }
+    for l in latencies.iter().filter(|l| belongs(l)) {
+        let k = key(&l.versions);
+        if let Some(part) = parts.iter_mut().find(|p| p.0 == k) {
+            part.2.push(l.latency_ms);
+        }
+    }
+    parts
+}
+
+/// The whole of a split part: summed outcomes and every latency.
+fn merge<K>(parts: &[(K, ArmOutcome, Vec<f64>)]) -> (ArmOutcome, Vec<f64>) {
+    let mut total = ArmOutcome::default();
+    let mut all = Vec::new();
+    for (_, o, l) in parts {
+        add(&mut total, o);
+        all.extend_from_slice(l);
+    }
+    (total, all)
+}
+
+/// The per-version entries of a split, or none when a single version (or none) served.
+fn by_part<K, T>(parts: Vec<(K, ArmOutcome, Vec<f64>)>, make: impl Fn(K, Outcomes) -> T) -> Vec<T> {
+    if parts.len() < 2 {
+        return Vec::new();
+    }
+    parts.into_iter().map(|(k, o, l)| make(k, outcomes(&o, l))).collect()
+}
+
 pub async fn build(
     store: &dyn Store,
     experiment: &Experiment,
     settings: ReportSettings,
 ) -> Result<Report, ExperimentError> {
-    let outcomes_by_arm: BTreeMap<Option<String>, ArmOutcome> =
-        store.arm_outcomes(&experiment.id).await?.into_iter().map(|o| (o.arm.clone(), o)).collect();
-    let mut latencies: BTreeMap<Option<String>, Vec<f64>> = BTreeMap::new();
-    for (arm, ms) in store.latencies(&experiment.id).await? {
-        latencies.entry(arm).or_default().push(ms);
-    }
+    let rows = store.arm_outcomes(&experiment.id).await?;
+    let latencies = store.latencies(&experiment.id).await?;
     // The arms that serve impressions: every arm in A/B, the primary in shadow mode; none when interleaved (each
     // impression shows both; see `interleave`).
     let serving = match experiment.mode {
@@ -208,13 +317,16 @@ pub async fn build(
         .take(serving)
         .map(|arm| {
             let key = Some(arm.name.clone());
-            let empty = ArmOutcome { arm: key.clone(), ..Default::default() };
-            let o = outcomes_by_arm.get(&key).unwrap_or(&empty);
+            let version = |v: &Versions| v.get(&arm.name).cloned();
+            let parts = split(rows.iter().filter(|o| o.arm == key), &latencies, |l| l.arm == key, version);
+            let (total, all_latencies) = merge(&parts);
             ArmReport {
                 name: arm.name.clone(),
                 model: arm.model.clone(),
                 weight: arm.weight,
-                outcomes: outcomes(o, latencies.remove(&key).unwrap_or_default()),
+                versions: parts.iter().map(|p| p.0.clone()).collect(),
+                outcomes: outcomes(&total, all_latencies),
+                by_version: by_part(parts, |version, outcomes| VersionOutcomes { version, outcomes }),
             }
         })
         .collect();
@@ -254,10 +366,31 @@ pub async fn build(
 
     let interleave = if experiment.mode == Mode::Interleave {
         let names = [experiment.arms[0].name.as_str(), experiment.arms[1].name.as_str()];
-        let counts = store.interleave_counts(&experiment.id, names).await?;
-        let empty = ArmOutcome::default();
-        let merged =
-            outcomes(outcomes_by_arm.get(&None).unwrap_or(&empty), latencies.remove(&None).unwrap_or_default());
+        let by_pair = store.interleave_counts(&experiment.id, names).await?;
+        let counts = InterleaveCounts::sum(&by_pair);
+        let pair =
+            |v: &Versions| -> VersionPair { names.iter().map(|n| (n.to_string(), v.get(*n).cloned())).collect() };
+        let parts = split(rows.iter().filter(|o| o.arm.is_none()), &latencies, |l| l.arm.is_none(), pair);
+        let (total, all_latencies) = merge(&parts);
+        let merged = outcomes(&total, all_latencies);
+        let wins = |c: &InterleaveCounts| names.iter().zip(c.wins).map(|(n, w)| (n.to_string(), w)).collect();
+        let versions: Vec<VersionPair> = by_pair.iter().map(|c| pair(&c.versions)).collect();
+        let by_versions = if by_pair.len() > 1 {
+            by_pair
+                .iter()
+                .map(|c| {
+                    let key = pair(&c.versions);
+                    let (shown, ms) = match parts.iter().find(|p| p.0 == key) {
+                        Some((_, o, l)) => (o.clone(), l.clone()),
+                        None => (ArmOutcome::default(), Vec::new()),
+                    };
+                    let outcomes = outcomes(&shown, ms);
+                    PairOutcomes { versions: key, outcomes, wins: wins(c), ties: c.ties, no_click: c.no_click }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let decided = counts.wins[0] + counts.wins[1];
         let p = stats::sign_test(counts.wins[0], counts.wins[1]);
         let significant = decided > 0 && p < settings.alpha;
@@ -267,7 +400,7 @@ pub async fn build(
         let decided_rate = if counts.impressions > 0 { decided as f64 / counts.impressions as f64 } else { 0.0 };
         Some(InterleaveReport {
             outcomes: merged,
-            wins: names.iter().zip(counts.wins).map(|(n, w)| (n.to_string(), w)).collect(),
+            wins: wins(&counts),
             ties: counts.ties,
             no_click: counts.no_click,
             credited_clicks: names.iter().zip(counts.clicks).map(|(n, c)| (n.to_string(), c)).collect(),
@@ -278,6 +411,8 @@ pub async fn build(
             needed_decided: needed,
             remaining_decided: remaining,
             remaining_impressions: (decided_rate > 0.0).then(|| (remaining as f64 / decided_rate).ceil() as u64),
+            versions,
+            by_versions,
         })
     } else {
         None
@@ -285,12 +420,32 @@ pub async fn build(
 
     let shadow = if experiment.mode == Mode::Shadow {
         let rows = store.shadow_rows(&experiment.id).await?;
+        let versions = in_order(rows.iter().map(|r| r.version.clone()));
+        let by_version = if versions.len() > 1 {
+            versions
+                .iter()
+                .map(|version| {
+                    let of = || rows.iter().filter(move |r| &r.version == version);
+                    ShadowVersion {
+                        version: version.clone(),
+                        compared: of().count(),
+                        jaccard: mean_of(of().map(|r| r.jaccard)),
+                        rbo: mean_of(of().map(|r| r.rbo)),
+                        shadow_latency_ms: Latency::of(of().map(|r| r.latency_ms).collect()),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Some(ShadowReport {
             compared: rows.len(),
             jaccard: mean_of(rows.iter().map(|r| r.jaccard)),
             rbo: mean_of(rows.iter().map(|r| r.rbo)),
             primary_latency_ms: arms[0].outcomes.latency_ms.clone(),
             shadow_latency_ms: Latency::of(rows.iter().map(|r| r.latency_ms).collect()),
+            versions,
+            by_version,
         })
     } else {
         None
@@ -309,3 +464,6 @@ pub async fn build(
         shadow,
     })
 }
+
+#[cfg(test)]
+mod tests;

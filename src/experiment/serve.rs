@@ -7,7 +7,7 @@
 //! id goes through the named `experiment`, or the default experiment if one is set — A/B assigns the unit's arm,
 //! interleaving merges both arms' rankings (team-draft), shadow serves the first arm and runs the second off the
 //! request path; anything else is served by the default model. Searches under a running experiment are logged
-//! (exposures) without waiting for the store.
+//! (exposures) without waiting for the store, with the model version that served each arm shown.
 //!
 //! Uses [`crate::engine`] for the searches and the experiment module's own routing, interleaving, exposure log and
 //! overlap statistics.
@@ -22,7 +22,7 @@ use super::interleave::team_draft;
 use super::{stats, Experiment, ExperimentError, Experiments, Mode, Plan, Route, Status};
 use crate::engine::{Engine, Priority, SearchQuery, SearchResult};
 use crate::index::SearchMethod;
-use crate::store::{ExposureItem, ExposureRecord, ShadowRecord};
+use crate::store::{ExposureItem, ExposureRecord, ShadowRecord, Versions};
 use crate::util::error_chain;
 
 fn default_k() -> usize {
@@ -223,17 +223,12 @@ impl Searching<'_> {
         response(&self.request_id, result, shown, self.started, Some(self.unit_id.clone()))
     }
 
-    /// Queues the exposure (never waits); false when the queue was full.
-    fn log(&self, arm: Option<&str>, response: &SearchResponse) -> bool {
-        log_exposure(
-            self.experiments,
-            &self.experiment,
-            &self.request_id,
-            &self.unit_id,
-            arm,
-            &self.body.query,
-            response,
-        )
+    /// Queues the exposure (never waits); false when the queue was full. `served` is every (arm, result) shown.
+    fn log(&self, arm: Option<&str>, response: &SearchResponse, served: &[(&str, &SearchResult)]) -> bool {
+        let versions: Versions =
+            served.iter().map(|(arm, result)| (arm.to_string(), result.model.version.clone())).collect();
+        let exposure = Exposure { arm, query: &self.body.query, response, versions };
+        log_exposure(self.experiments, &self.experiment, &self.request_id, &self.unit_id, exposure)
     }
 
     /// One arm serves: the unit's A/B arm, or the control of an experiment that is not running (not logged).
@@ -241,7 +236,7 @@ impl Searching<'_> {
         let arm = &self.experiment.arms[index];
         let result = self.engine.search(self.query(&arm.model)).await?;
         let mut response = self.response(&result, self.hits(&result, &arm.name));
-        let logged = logged && self.log(Some(&arm.name), &response);
+        let logged = logged && self.log(Some(&arm.name), &response, &[(&arm.name, &result)]);
         tag(&mut response, &self.experiment, Some(&arm.name), vec![arm.name.clone()], logged);
         Ok(Served { served_by: result.model.name.clone(), response })
     }
@@ -251,7 +246,7 @@ impl Searching<'_> {
         let (primary, shadow) = (&self.experiment.arms[0], &self.experiment.arms[1]);
         let result = self.engine.search(self.query(&primary.model)).await?;
         let mut response = self.response(&result, self.hits(&result, &primary.name));
-        let logged = self.log(Some(&primary.name), &response);
+        let logged = self.log(Some(&primary.name), &response, &[(&primary.name, &result)]);
         tag(&mut response, &self.experiment, Some(&primary.name), vec![primary.name.clone()], logged);
         if logged {
             spawn_shadow(
@@ -287,7 +282,7 @@ impl Searching<'_> {
         response.timings_ms.encode_ms = ms(ra.encode_seconds.max(rb.encode_seconds));
         response.timings_ms.search_ms = ms(ra.search_seconds.max(rb.search_seconds));
         response.timings_ms.fetch_ms = ms(ra.fetch_seconds.max(rb.fetch_seconds));
-        let logged = self.log(None, &response);
+        let logged = self.log(None, &response, &[(&a.name, &ra), (&b.name, &rb)]);
         tag(&mut response, &self.experiment, None, vec![a.name.clone(), b.name.clone()], logged);
         Ok(Served { served_by: format!("{}+{}", a.model, b.model), response })
     }
@@ -334,16 +329,23 @@ fn tag(response: &mut SearchResponse, experiment: &Experiment, arm: Option<&str>
     response.arms = arms;
 }
 
+/// What a search under an experiment showed, for its exposure.
+struct Exposure<'a> {
+    arm: Option<&'a str>,
+    query: &'a str,
+    response: &'a SearchResponse,
+    versions: Versions,
+}
+
 /// Queues the exposure (never waits); false when the queue was full.
 fn log_exposure(
     experiments: &Experiments,
     experiment: &Experiment,
     request_id: &str,
     unit_id: &str,
-    arm: Option<&str>,
-    query: &str,
-    response: &SearchResponse,
+    exposure: Exposure<'_>,
 ) -> bool {
+    let Exposure { arm, query, response, versions } = exposure;
     let items = response
         .results
         .iter()
@@ -363,6 +365,7 @@ fn log_exposure(
         query: query.to_string(),
         latency_ms: response.timings_ms.total_ms,
         items,
+        versions,
     })
 }
 
@@ -398,6 +401,7 @@ fn spawn_shadow(
                     experiment_id: experiment.id.clone(),
                     experiment_name: experiment.name.clone(),
                     arm,
+                    version: result.model.version.clone(),
                     doc_ids: ids,
                     jaccard,
                     rbo,

@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 pub use records::{
-    Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureRecord, Fingerprint, InterleaveCounts, Mode,
-    NewDocument, NewEmbedding, ShadowRecord, ShadowRow, Shown, Status,
+    Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureLatency, ExposureRecord, Fingerprint,
+    InterleaveCounts, Mode, NewDocument, NewEmbedding, Promotion, ShadowRecord, ShadowRow, Shown, Status, Versions,
 };
 pub use registry::{ModelEvent, ModelRegistry, ModelVersion, VersionState};
 pub use sqlite::SqliteStore;
@@ -86,7 +86,7 @@ pub trait Store: ModelRegistry + Send + Sync + 'static {
     /// Every experiment, oldest first.
     async fn experiments(&self) -> Result<Vec<Experiment>, StoreError>;
     /// Inserts or updates an experiment; when it is the default, the previous default is unset in the same
-    /// transaction.
+    /// transaction. A promotion, once stored, is never replaced.
     async fn save_experiment(&self, experiment: &Experiment) -> Result<(), StoreError>;
     /// Writes a batch of exposures (with their shown items) and shadow comparisons in one transaction. A request
     /// id already logged is ignored.
@@ -103,12 +103,17 @@ pub trait Store: ModelRegistry + Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Documents clicked in a request.
     async fn clicked(&self, request_id: &str) -> Result<Vec<String>, StoreError>;
-    /// Outcomes per arm of an experiment's impressions.
+    /// Outcomes of an experiment's impressions per arm and model versions, by arm, then first served first.
     async fn arm_outcomes(&self, experiment_id: &str) -> Result<Vec<ArmOutcome>, StoreError>;
-    /// Interleaving outcomes of an experiment whose teams are `teams`.
-    async fn interleave_counts(&self, experiment_id: &str, teams: [&str; 2]) -> Result<InterleaveCounts, StoreError>;
-    /// Served latency (ms) of every impression, by arm (`None` when interleaved).
-    async fn latencies(&self, experiment_id: &str) -> Result<Vec<(Option<String>, f64)>, StoreError>;
+    /// Interleaving outcomes of an experiment whose teams are `teams`, per the teams' model versions, first served
+    /// first.
+    async fn interleave_counts(
+        &self,
+        experiment_id: &str,
+        teams: [&str; 2],
+    ) -> Result<Vec<InterleaveCounts>, StoreError>;
+    /// Served latency (ms) of every impression, by arm (`None` when interleaved) and model versions.
+    async fn latencies(&self, experiment_id: &str) -> Result<Vec<ExposureLatency>, StoreError>;
     /// Every shadow comparison of an experiment.
     async fn shadow_rows(&self, experiment_id: &str) -> Result<Vec<ShadowRow>, StoreError>;
 

@@ -3,6 +3,8 @@
 //! report reads. It uses nothing of Duet's; `experiment` builds on these types and adds their behaviour (the life
 //! cycle, assignment, reports).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A document as stored.
@@ -128,7 +130,23 @@ pub struct Experiment {
     pub updated_at: String,
     pub started_at: Option<String>,
     pub stopped_at: Option<String>,
+    /// The arm whose model was made the default model, once (`None` until then).
+    pub promotion: Option<Promotion>,
 }
+
+/// An experiment's winner made the default model: which arm and model, the model's version serving then, the
+/// evidence (the experiment's report at that moment, as JSON), and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub arm: String,
+    pub model: String,
+    pub version: String,
+    pub promoted_at: String,
+    pub report: serde_json::Value,
+}
+
+/// Model version (content hash) by arm name.
+pub type Versions = BTreeMap<String, String>;
 
 /// One shown result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -153,6 +171,8 @@ pub struct ExposureRecord {
     pub query: String,
     pub latency_ms: f64,
     pub items: Vec<ExposureItem>,
+    /// The model version of every arm whose ranking was shown: the serving arm, or both teams when interleaved.
+    pub versions: Versions,
 }
 
 /// What a shadow arm returned for a served request.
@@ -162,6 +182,8 @@ pub struct ShadowRecord {
     pub experiment_id: String,
     pub experiment_name: String,
     pub arm: String,
+    /// The shadow arm's model version.
+    pub version: String,
     pub doc_ids: Vec<String>,
     pub jaccard: f64,
     pub rbo: f64,
@@ -176,10 +198,12 @@ pub struct Shown {
     pub items: Vec<ExposureItem>,
 }
 
-/// Per-impression outcomes summed over one arm (`arm` is `None` for interleaved impressions).
+/// Per-impression outcomes summed over one arm (`arm` is `None` for interleaved impressions) and the model
+/// versions that served them (empty for exposures logged before versions were recorded).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ArmOutcome {
     pub arm: Option<String>,
+    pub versions: Versions,
     pub impressions: u64,
     /// Impressions with at least one click.
     pub clicked: u64,
@@ -190,9 +214,11 @@ pub struct ArmOutcome {
     pub rr_squares: f64,
 }
 
-/// Interleaved impressions by outcome: team 0 or 1 got more credited clicks, both the same, or no click.
+/// Interleaved impressions by outcome: team 0 or 1 got more credited clicks, both the same, or no click; for the
+/// teams' model versions `versions` (empty for exposures logged before versions were recorded).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct InterleaveCounts {
+    pub versions: Versions,
     pub impressions: u64,
     pub wins: [u64; 2],
     pub ties: u64,
@@ -201,9 +227,36 @@ pub struct InterleaveCounts {
     pub clicks: [u64; 2],
 }
 
+impl InterleaveCounts {
+    /// The counts over all versions.
+    pub fn sum(all: &[Self]) -> Self {
+        let mut total = Self::default();
+        for c in all {
+            total.impressions += c.impressions;
+            total.ties += c.ties;
+            total.no_click += c.no_click;
+            for k in 0..2 {
+                total.wins[k] += c.wins[k];
+                total.clicks[k] += c.clicks[k];
+            }
+        }
+        total
+    }
+}
+
+/// One impression's served latency, by arm (`None` when interleaved) and versions, for the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExposureLatency {
+    pub arm: Option<String>,
+    pub versions: Versions,
+    pub latency_ms: f64,
+}
+
 /// One shadow comparison, for the report.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowRow {
+    /// The shadow arm's model version (`None` when logged before versions were recorded).
+    pub version: Option<String>,
     pub jaccard: f64,
     pub rbo: f64,
     pub latency_ms: f64,

@@ -1,7 +1,8 @@
 //! The embedded SQLite store (the default): one file, write-ahead log, `synchronous = FULL` so an acknowledged
 //! write survives a crash; migrations from `migrations/sqlite` run at open. The model registry's queries are in
-//! [`models`].
+//! [`models`], the experiments' in [`experiments`].
 
+mod experiments;
 mod models;
 
 use std::collections::HashMap;
@@ -14,8 +15,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::records::{
-    Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureRecord, Fingerprint, InterleaveCounts, Mode,
-    NewDocument, NewEmbedding, ShadowRecord, ShadowRow, Shown, Status,
+    ArmOutcome, Document, Experiment, ExposureLatency, ExposureRecord, Fingerprint, InterleaveCounts, NewDocument,
+    NewEmbedding, ShadowRecord, ShadowRow, Shown,
 };
 use super::{Store, StoreError};
 
@@ -103,28 +104,6 @@ async fn write_embeddings(
         .await?;
     }
     Ok(())
-}
-
-fn experiment_from_row(row: &SqliteRow) -> Result<Experiment, StoreError> {
-    let id: String = row.try_get("id")?;
-    let corrupt = |what: &str| StoreError::Corrupt(format!("experiment {id}: {what}"));
-    let mode: String = row.try_get("mode")?;
-    let status: String = row.try_get("status")?;
-    let arms: String = row.try_get("arms")?;
-    let arms: Vec<Arm> = serde_json::from_str(&arms).map_err(|e| corrupt(&format!("arms are not JSON: {e}")))?;
-    Ok(Experiment {
-        name: row.try_get("name")?,
-        mode: Mode::parse(&mode).ok_or_else(|| corrupt(&format!("unknown mode {mode}")))?,
-        status: Status::parse(&status).ok_or_else(|| corrupt(&format!("unknown status {status}")))?,
-        arms,
-        salt: row.try_get("salt")?,
-        default: row.try_get::<i64, _>("is_default")? == 1,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        started_at: row.try_get("started_at")?,
-        stopped_at: row.try_get("stopped_at")?,
-        id,
-    })
 }
 
 #[async_trait]
@@ -267,123 +246,19 @@ impl Store for SqliteStore {
     }
 
     async fn experiments(&self) -> Result<Vec<Experiment>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM experiments ORDER BY created_at, id").fetch_all(&self.pool).await?;
-        rows.iter().map(experiment_from_row).collect()
+        experiments::experiments(&self.pool).await
     }
 
     async fn save_experiment(&self, e: &Experiment) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if e.default {
-            sqlx::query("UPDATE experiments SET is_default = 0 WHERE is_default = 1 AND id <> ?")
-                .bind(&e.id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let arms = serde_json::to_string(&e.arms).map_err(|err| StoreError::Corrupt(err.to_string()))?;
-        sqlx::query(
-            "INSERT INTO experiments
-               (id, name, mode, status, arms, salt, is_default, created_at, updated_at, started_at, stopped_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (id) DO UPDATE SET
-               status = excluded.status, arms = excluded.arms, is_default = excluded.is_default,
-               updated_at = excluded.updated_at, started_at = excluded.started_at, stopped_at = excluded.stopped_at",
-        )
-        .bind(&e.id)
-        .bind(&e.name)
-        .bind(e.mode.as_str())
-        .bind(e.status.as_str())
-        .bind(arms)
-        .bind(&e.salt)
-        .bind(i64::from(e.default))
-        .bind(&e.created_at)
-        .bind(&e.updated_at)
-        .bind(&e.started_at)
-        .bind(&e.stopped_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        experiments::save_experiment(&self.pool, e).await
     }
 
     async fn write_exposures(&self, exposures: &[ExposureRecord], shadows: &[ShadowRecord]) -> Result<(), StoreError> {
-        let at = now();
-        let mut tx = self.pool.begin().await?;
-        for e in exposures {
-            let inserted = sqlx::query(
-                "INSERT INTO exposures (request_id, experiment_id, unit_id, arm, query, latency_ms, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&e.request_id)
-            .bind(&e.experiment_id)
-            .bind(&e.unit_id)
-            .bind(&e.arm)
-            .bind(&e.query)
-            .bind(e.latency_ms)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                continue;
-            }
-            for item in &e.items {
-                sqlx::query(
-                    "INSERT INTO exposure_items (request_id, position, doc_id, team) VALUES (?, ?, ?, ?)
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&e.request_id)
-                .bind(i64::from(item.position))
-                .bind(&item.doc_id)
-                .bind(&item.team)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        for s in shadows {
-            let ids = serde_json::to_string(&s.doc_ids).map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            sqlx::query(
-                "INSERT INTO shadow_results
-                   (request_id, experiment_id, arm, doc_ids, jaccard, rbo, latency_ms, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&s.request_id)
-            .bind(&s.experiment_id)
-            .bind(&s.arm)
-            .bind(ids)
-            .bind(s.jaccard)
-            .bind(s.rbo)
-            .bind(s.latency_ms)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        experiments::write_exposures(&self.pool, exposures, shadows).await
     }
 
     async fn shown(&self, request_id: &str) -> Result<Option<Shown>, StoreError> {
-        let Some(row) = sqlx::query("SELECT experiment_id, arm FROM exposures WHERE request_id = ?")
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let items =
-            sqlx::query("SELECT position, doc_id, team FROM exposure_items WHERE request_id = ? ORDER BY position")
-                .bind(request_id)
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(ExposureItem {
-                        position: r.try_get::<i64, _>("position")? as u32,
-                        doc_id: r.try_get("doc_id")?,
-                        team: r.try_get("team")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Some(Shown { experiment_id: row.try_get("experiment_id")?, arm: row.try_get("arm")?, items }))
+        experiments::shown(&self.pool, request_id).await
     }
 
     async fn add_feedback(
@@ -393,112 +268,31 @@ impl Store for SqliteStore {
         event: &str,
         position: u32,
     ) -> Result<bool, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO feedback (request_id, doc_id, event, position, created_at) VALUES (?, ?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(request_id)
-        .bind(doc_id)
-        .bind(event)
-        .bind(i64::from(position))
-        .bind(now())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted > 0)
+        experiments::add_feedback(&self.pool, request_id, doc_id, event, position).await
     }
 
     async fn clicked(&self, request_id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT doc_id FROM feedback WHERE request_id = ? AND event = 'click'")
-            .bind(request_id)
-            .fetch_all(&self.pool)
-            .await?)
+        experiments::clicked(&self.pool, request_id).await
     }
 
     async fn arm_outcomes(&self, experiment_id: &str) -> Result<Vec<ArmOutcome>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT arm, COUNT(*) AS impressions, SUM(clicked) AS clicked, SUM(converted) AS converted,
-                    SUM(rr) AS rr_sum, SUM(rr * rr) AS rr_squares
-             FROM (
-               SELECT e.arm AS arm,
-                      MAX(CASE WHEN f.event = 'click' THEN 1 ELSE 0 END) AS clicked,
-                      MAX(CASE WHEN f.event = 'conversion' THEN 1 ELSE 0 END) AS converted,
-                      COALESCE(1.0 / MIN(CASE WHEN f.event = 'click' THEN f.position END), 0.0) AS rr
-               FROM exposures e LEFT JOIN feedback f ON f.request_id = e.request_id
-               WHERE e.experiment_id = ?
-               GROUP BY e.request_id
-             ) GROUP BY arm ORDER BY arm",
-        )
-        .bind(experiment_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ArmOutcome {
-                    arm: r.try_get("arm")?,
-                    impressions: r.try_get::<i64, _>("impressions")? as u64,
-                    clicked: r.try_get::<i64, _>("clicked")? as u64,
-                    converted: r.try_get::<i64, _>("converted")? as u64,
-                    rr_sum: r.try_get("rr_sum")?,
-                    rr_squares: r.try_get("rr_squares")?,
-                })
-            })
-            .collect()
+        experiments::arm_outcomes(&self.pool, experiment_id).await
     }
 
-    async fn interleave_counts(&self, experiment_id: &str, teams: [&str; 2]) -> Result<InterleaveCounts, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS impressions,
-                    COALESCE(SUM(a > b), 0) AS wins_a, COALESCE(SUM(b > a), 0) AS wins_b,
-                    COALESCE(SUM(a = b AND a > 0), 0) AS ties, COALESCE(SUM(a = 0 AND b = 0), 0) AS no_click,
-                    COALESCE(SUM(a), 0) AS clicks_a, COALESCE(SUM(b), 0) AS clicks_b
-             FROM (
-               SELECT e.request_id,
-                      COALESCE(SUM(i.team = ?), 0) AS a, COALESCE(SUM(i.team = ?), 0) AS b
-               FROM exposures e
-               LEFT JOIN feedback f ON f.request_id = e.request_id AND f.event = 'click'
-               LEFT JOIN exposure_items i ON i.request_id = f.request_id AND i.doc_id = f.doc_id
-               WHERE e.experiment_id = ?
-               GROUP BY e.request_id
-             )",
-        )
-        .bind(teams[0])
-        .bind(teams[1])
-        .bind(experiment_id)
-        .fetch_one(&self.pool)
-        .await?;
-        let get = |name: &str| -> Result<u64, StoreError> { Ok(row.try_get::<i64, _>(name)? as u64) };
-        Ok(InterleaveCounts {
-            impressions: get("impressions")?,
-            wins: [get("wins_a")?, get("wins_b")?],
-            ties: get("ties")?,
-            no_click: get("no_click")?,
-            clicks: [get("clicks_a")?, get("clicks_b")?],
-        })
+    async fn interleave_counts(
+        &self,
+        experiment_id: &str,
+        teams: [&str; 2],
+    ) -> Result<Vec<InterleaveCounts>, StoreError> {
+        experiments::interleave_counts(&self.pool, experiment_id, teams).await
     }
 
-    async fn latencies(&self, experiment_id: &str) -> Result<Vec<(Option<String>, f64)>, StoreError> {
-        let rows = sqlx::query("SELECT arm, latency_ms FROM exposures WHERE experiment_id = ?")
-            .bind(experiment_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get("arm")?, r.try_get("latency_ms")?))).collect()
+    async fn latencies(&self, experiment_id: &str) -> Result<Vec<ExposureLatency>, StoreError> {
+        experiments::latencies(&self.pool, experiment_id).await
     }
 
     async fn shadow_rows(&self, experiment_id: &str) -> Result<Vec<ShadowRow>, StoreError> {
-        let rows = sqlx::query("SELECT jaccard, rbo, latency_ms FROM shadow_results WHERE experiment_id = ?")
-            .bind(experiment_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ShadowRow {
-                    jaccard: r.try_get("jaccard")?,
-                    rbo: r.try_get("rbo")?,
-                    latency_ms: r.try_get("latency_ms")?,
-                })
-            })
-            .collect()
+        experiments::shadow_rows(&self.pool, experiment_id).await
     }
 
     async fn close(&self) {
