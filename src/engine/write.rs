@@ -38,6 +38,21 @@ fn late_targets(engine: &Engine, chosen: &[Arc<ServedModel>]) -> Vec<Arc<ServedM
     current.into_iter().filter(|m| !chosen.iter().any(|c| Arc::ptr_eq(c, m))).collect()
 }
 
+/// One model's embeddings of documents, to store beside them.
+fn embeddings_of<'a>(
+    model: &'a ServedModel,
+    documents: &'a [NewDocument],
+    vectors: &'a [Vec<f32>],
+) -> impl Iterator<Item = NewEmbedding> + 'a {
+    documents.iter().zip(vectors).map(|(doc, vector)| NewEmbedding {
+        model: model.info.name.clone(),
+        model_version: model.info.version.clone(),
+        document_id: doc.id.clone(),
+        content_hash: content_hash(&doc.text),
+        vector: vector.clone(),
+    })
+}
+
 impl Engine {
     /// Inserts or replaces documents: encoded by every model, stored durably, indexed — then acknowledged.
     /// Documents must already be validated and have distinct ids.
@@ -56,15 +71,7 @@ impl Engine {
             if !cut.is_empty() {
                 truncated.insert(model.info.name.clone(), cut);
             }
-            for (doc, vector) in documents.iter().zip(&encoded.vectors) {
-                embeddings.push(NewEmbedding {
-                    model: model.info.name.clone(),
-                    model_version: model.info.version.clone(),
-                    document_id: doc.id.clone(),
-                    content_hash: content_hash(&doc.text),
-                    vector: vector.clone(),
-                });
-            }
+            embeddings.extend(embeddings_of(model, &documents, &encoded.vectors));
             per_model.push((model.clone(), encoded.vectors));
         }
         let upserted = documents.len();
@@ -80,15 +87,7 @@ impl Engine {
             let texts: Vec<String> = documents.iter().map(|d| d.text.clone()).collect();
             for model in late {
                 let vectors = model.encoder.encode(texts.clone(), Side::Document).await?.vectors;
-                for (doc, vector) in documents.iter().zip(&vectors) {
-                    embeddings.push(NewEmbedding {
-                        model: model.info.name.clone(),
-                        model_version: model.info.version.clone(),
-                        document_id: doc.id.clone(),
-                        content_hash: content_hash(&doc.text),
-                        vector: vector.clone(),
-                    });
-                }
+                embeddings.extend(embeddings_of(&model, &documents, &vectors));
                 per_model.push((model, vectors));
             }
             store.upsert(&documents, &embeddings).await?;
