@@ -76,7 +76,8 @@ fn backfilled(metrics: &str, model: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_model_replaced_under_load_answers_every_search_then_rolls_back_without_re_encoding() {
     let dir = tempfile::tempdir().unwrap();
-    let lifecycle = LifecycleSettings { backfill_batch: 16, ..LifecycleSettings::default() };
+    // Paced slowly enough (5% duty) that the writes below land while the back-fill runs.
+    let lifecycle = LifecycleSettings { backfill_batch: 16, backfill_duty: 0.05, ..LifecycleSettings::default() };
     let server = Arc::new(TestServer::start(config(&dir.path().join("duet.db"), lifecycle)).await);
     upsert(&server, "d", 0..400).await;
     let v1 = serving_version(&detail(&server, "tiny-encoder").await).unwrap();
@@ -105,6 +106,8 @@ async fn a_model_replaced_under_load_answers_every_search_then_rolls_back_withou
     assert_eq!(serving_version(&started).as_deref(), Some(v1.as_str()), "the old version serves meanwhile");
     // Writes during the back-fill are encoded by both versions.
     upsert(&server, "w", 0..50).await;
+    let during = detail(&server, "tiny-encoder").await;
+    assert_eq!(during["candidate"]["state"], "backfilling", "the writes landed during the back-fill: {during:#}");
     let swapped = until(&server, "tiny-encoder", "v2 serves", |d| {
         serving_version(d).as_deref() == Some(v2.as_str()) && d["candidate"].is_null()
     })
