@@ -94,7 +94,7 @@ pub struct LifecycleSettings {
 
 impl Default for LifecycleSettings {
     fn default() -> Self {
-        Self { backfill_batch: 64, backfill_duty: 0.5, drain_secs: 30, retention_secs: 7 * 24 * 3600 }
+        Self { backfill_batch: 64, backfill_duty: 0.25, drain_secs: 30, retention_secs: 7 * 24 * 3600 }
     }
 }
 
