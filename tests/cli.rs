@@ -60,6 +60,17 @@ fn help_states_defaults_and_bad_flags_are_refused() {
 }
 
 #[test]
+fn bench_swap_refuses_bad_flags_before_calling_a_server() {
+    let output = duet(&["bench-swap", "--queries", "q.jsonl"]);
+    assert_eq!(output.status.code(), Some(2), "--add-path is required");
+    let output = duet(&["bench-swap", "--add-path", "b", "--queries", "q.jsonl", "--swap-only"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--swap-only needs --replace-path"));
+    let help = stdout(&duet(&["bench-swap", "--help"]));
+    assert!(help.contains("[default: 20]") && help.contains("[default: minilm]"), "{help}");
+}
+
+#[test]
 fn import_encodes_a_corpus_and_prints_its_report_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.jsonl");

@@ -4,6 +4,7 @@
 //! module; nothing imports it.
 
 pub mod bench;
+pub mod bench_swap;
 #[cfg(feature = "offline-eval")]
 pub mod eval;
 pub mod import;
@@ -48,6 +49,9 @@ pub enum Command {
     Verify(verify::Args),
     /// Measure a model's encoding throughput on a corpus (documents per second, by batch size and threads).
     BenchEncode(bench::Args),
+    /// Live search latency against a running server, idle versus during another model's back-fill, and across
+    /// a replacement of the searched model by a new version (swap time, failed searches, versions seen).
+    BenchSwap(bench_swap::Args),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
     #[cfg(feature = "offline-eval")]
@@ -73,7 +77,11 @@ impl Command {
     fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Serve(_) | Command::Import(_) => "info,ort=warn",
-            Command::Keys(_) | Command::Verify(_) | Command::BenchEncode(_) | Command::Simulate(_) => "warn",
+            Command::Keys(_)
+            | Command::Verify(_)
+            | Command::BenchEncode(_)
+            | Command::BenchSwap(_)
+            | Command::Simulate(_) => "warn",
             #[cfg(feature = "offline-eval")]
             Command::Eval(_) => "warn",
             #[cfg(feature = "mine")]
@@ -90,6 +98,7 @@ impl Command {
             Command::Import(args) => import::run(args).await,
             Command::Verify(args) => verify::run(args),
             Command::BenchEncode(args) => bench::run(args),
+            Command::BenchSwap(args) => bench_swap::run(args).await,
             #[cfg(feature = "offline-eval")]
             Command::Eval(args) => eval::run(*args).await,
             #[cfg(feature = "mine")]

@@ -9,6 +9,8 @@
 //!   bounded queue: the search path never waits for the store, and drops (and counts) exposures when full.
 //! - [`report`] turns exposures and feedback into per-arm statistics with [`stats`], split by model version when
 //!   an arm's model changed mid-experiment; `promote` makes a stopped experiment's winner the default model.
+//! - [`simulate`] and [`swap_bench`] are clients of a running server: simulated users, and live searches timed
+//!   while a model back-fills and swaps.
 
 pub mod assign;
 pub mod exposure;
@@ -19,6 +21,7 @@ mod retire;
 pub mod serve;
 pub mod simulate;
 pub mod stats;
+pub mod swap_bench;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -79,7 +79,7 @@ pub fn load_queries(path: &Path, limit: usize) -> Result<Vec<(String, HashSet<St
 /// A running server: its base URL, and a client that sends the API key, if any, with every request.
 pub struct Server {
     base: String,
-    client: reqwest::Client,
+    pub(super) client: reqwest::Client,
 }
 
 impl Server {
@@ -95,7 +95,7 @@ impl Server {
         Ok(Self { base: base.trim_end_matches('/').to_string(), client })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 }
@@ -126,7 +126,8 @@ pub struct LatencySummary {
     pub mean: f64,
 }
 
-fn summarize(mut ms: Vec<f64>) -> LatencySummary {
+/// The summary of latencies in milliseconds (quantiles by [`quantile`]; all zero when there are none).
+pub fn summarize(mut ms: Vec<f64>) -> LatencySummary {
     ms.sort_by(f64::total_cmp);
     LatencySummary {
         count: ms.len(),
