@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{metric, sample_corpus, tiny_config, TestServer};
+use common::{create, metric, patch, sample_corpus, search, tiny_config, TestServer};
 use duet::experiment::stats;
 use serde_json::{json, Value};
 use sqlx::Connection;
@@ -25,23 +25,6 @@ async fn loaded(db: &std::path::Path) -> TestServer {
     let (status, body) = server.post("/v1/documents", &json!({"documents": sample_corpus()})).await;
     assert_eq!(status, 200, "{body}");
     server
-}
-
-async fn create(server: &TestServer, body: Value) -> Value {
-    let (status, created) = server.post("/v1/experiments", &body).await;
-    assert_eq!(status, 201, "{created}");
-    created
-}
-
-async fn patch(server: &TestServer, id: &str, body: Value) -> (u16, Value) {
-    let response = server.client.patch(server.url(&format!("/v1/experiments/{id}"))).json(&body).send().await.unwrap();
-    common::read(response).await
-}
-
-async fn search(server: &TestServer, body: Value) -> Value {
-    let (status, found) = server.post("/v1/search", &body).await;
-    assert_eq!(status, 200, "{found}");
-    found
 }
 
 fn ids(body: &Value) -> Vec<String> {

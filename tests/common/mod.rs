@@ -100,3 +100,23 @@ pub fn sample_corpus() -> Vec<Value> {
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
+
+/// Creates an experiment (201 expected); its JSON.
+pub async fn create(server: &TestServer, body: Value) -> Value {
+    let (status, created) = server.post("/v1/experiments", &body).await;
+    assert_eq!(status, 201, "{created}");
+    created
+}
+
+/// `PATCH /v1/experiments/{id}`: status and body.
+pub async fn patch(server: &TestServer, id: &str, body: Value) -> (u16, Value) {
+    let response = server.client.patch(server.url(&format!("/v1/experiments/{id}"))).json(&body).send().await.unwrap();
+    read(response).await
+}
+
+/// A search that must succeed; its JSON.
+pub async fn search(server: &TestServer, body: Value) -> Value {
+    let (status, found) = server.post("/v1/search", &body).await;
+    assert_eq!(status, 200, "{found}");
+    found
+}
