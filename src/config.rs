@@ -10,6 +10,7 @@ use crate::auth::{AuthError, AuthSettings};
 use crate::encoder::onnx::SessionOptions;
 use crate::encoder::queue::QueueOptions;
 use crate::index::IndexParams;
+use crate::store::{PostgresSettings, StoreLocation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,9 +34,15 @@ pub enum ConfigError {
 pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// SQLite database file.
+    /// The store: an SQLite database file (the embedded default), or a `postgres://` URL shared by replicas.
     #[serde(default = "default_store")]
-    pub store: PathBuf,
+    pub store: StoreLocation,
+    /// PostgreSQL connection settings (`[postgres]`), when `store` is a `postgres://` URL.
+    #[serde(default)]
+    pub postgres: PostgresSettings,
+    /// How this server follows the changes other servers over the same store make (`[replication]`).
+    #[serde(default)]
+    pub replication: ReplicationSettings,
     /// Path of libonnxruntime (after `ORT_DYLIB_PATH`, before the project's .venv).
     #[serde(default)]
     pub onnxruntime: Option<PathBuf>,
@@ -74,6 +81,24 @@ pub struct Config {
     /// API keys, open operational endpoints, the Host allow-list and CORS (`[auth]`).
     #[serde(default)]
     pub auth: AuthSettings,
+}
+
+/// Following the change feed of a shared store (`[replication]`): documents, experiments and the default model
+/// changed by another server over the same store are applied here within about `poll_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSettings {
+    /// How often the change feed is read, in milliseconds (also how often the store's health is checked).
+    pub poll_ms: u64,
+    /// Changes older than this are deleted from the feed (a replica stopped for longer reloads at start-up
+    /// anyway), in seconds.
+    pub change_retention_secs: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        Self { poll_ms: 200, change_retention_secs: 24 * 3600 }
+    }
 }
 
 /// Model changes at run time (`[lifecycle]`).
@@ -262,8 +287,8 @@ fn default_models_dir() -> PathBuf {
     PathBuf::from("models")
 }
 
-fn default_store() -> PathBuf {
-    PathBuf::from("duet.db")
+fn default_store() -> StoreLocation {
+    StoreLocation::Sqlite(PathBuf::from("duet.db"))
 }
 
 impl Default for Config {
@@ -271,6 +296,8 @@ impl Default for Config {
         Self {
             listen: default_listen(),
             store: default_store(),
+            postgres: PostgresSettings::default(),
+            replication: ReplicationSettings::default(),
             onnxruntime: None,
             import: None,
             default_model: None,
@@ -300,7 +327,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        resolve(&mut config.store);
+        if let StoreLocation::Sqlite(path) = &mut config.store {
+            resolve(path);
+        }
         resolve(&mut config.models_dir);
         config.source = Some(path.to_path_buf());
         if let Some(p) = config.onnxruntime.as_mut() {
@@ -390,7 +419,7 @@ mod tests {
         )
         .unwrap();
         let config = Config::from_file(&path).unwrap();
-        assert_eq!(config.store, dir.path().join("data/duet.db"));
+        assert_eq!(config.store, StoreLocation::Sqlite(dir.path().join("data/duet.db")));
         assert_eq!(config.models[0].path, dir.path().join("models/a"));
         assert_eq!(config.models[0].index.ef_search, 99);
         assert_eq!(config.models[0].index.m, IndexParams::default().m);

@@ -33,7 +33,7 @@ pub use crate::encoder::Priority;
 use crate::encoder::{self, EncoderError, ModelInfo, Side};
 use crate::index::{Hit, IndexError, SearchMethod};
 use crate::metrics::Metrics;
-use crate::store::{Document, ModelVersion, NewDocument, SqliteStore, Store, StoreError, VersionState};
+use crate::store::{Document, ModelVersion, NewDocument, Store, StoreError, VersionState};
 
 /// The store setting that keeps the default model chosen at run time.
 const DEFAULT_MODEL_SETTING: &str = "default_model";
@@ -195,7 +195,7 @@ impl Engine {
     /// edits of the config's `[[models]]` are applied through the life cycle: see `server`'s config reload.)
     pub async fn open(config: &Config) -> Result<Arc<Self>, EngineError> {
         let metrics = Arc::new(Metrics::new());
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.store).await?);
+        let store = crate::store::open(&config.store, &config.postgres).await?;
         let env = encoder::runtime::environment(config.onnxruntime.as_deref())?;
         let (loader, configured) = lifecycle::Loader::new(config, env)?;
         let rows = store.model_versions().await?;

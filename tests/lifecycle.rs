@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 fn config(store: &Path, lifecycle: LifecycleSettings) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        store: store.to_path_buf(),
+        store: store.into(),
         models: vec![tiny_model("tiny-two-tower"), tiny_model("tiny-encoder")],
         models_dir: repo().join("models"),
         lifecycle,

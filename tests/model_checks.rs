@@ -30,7 +30,7 @@ fn copy_model(name: &str, dir: &Path, edit: impl Fn(String) -> String) -> ModelE
 fn config(dir: &Path, model: ModelEntry) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        store: dir.join("duet.db"),
+        store: dir.join("duet.db").into(),
         models: vec![model],
         ..Config::default()
     }

@@ -134,7 +134,7 @@ async fn every_pooling_matches_the_numpy_reference_batched_and_single() {
     let variants = variants();
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        store: dir.path().join("duet.db"),
+        store: dir.path().join("duet.db").into(),
         models: variants.iter().map(|v| write_variant(dir.path(), v)).collect(),
         ..Config::default()
     };

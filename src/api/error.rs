@@ -149,6 +149,12 @@ impl From<StoreError> for ApiError {
             | StoreError::Migrate(_)
             | StoreError::Query(_)
             | StoreError::Corrupt(_) => ApiError::internal(&err),
+            // The database is down or unreachable: nothing was committed, and the same request can succeed once
+            // it is back (searches are answered from memory meanwhile).
+            StoreError::Unavailable(ref source) => {
+                tracing::warn!(error = %error_chain(source), "the store is unavailable");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", err.to_string()).retry_after(2)
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args as ClapArgs;
 use duet::auth::KeyEntry;
 use duet::config::{Config, ModelEntry};
+use duet::store::StoreLocation;
 
 use super::RuntimeArgs;
 
@@ -16,9 +17,10 @@ pub struct ServerArgs {
     /// Config file (TOML); see examples/tiny.toml.
     #[arg(long, env = "DUET_CONFIG")]
     pub config: Option<PathBuf>,
-    /// SQLite database file (overrides the config's `store`).
+    /// The store (overrides the config's `store`): an SQLite file path, or a `postgres://user:password@host/db`
+    /// URL shared by replicas. Other URL schemes are refused.
     #[arg(long, env = "DUET_STORE")]
-    pub store: Option<PathBuf>,
+    pub store: Option<StoreLocation>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Model folders (holding model.toml) to serve instead of the config's [[models]]; comma-separated in the

@@ -15,7 +15,7 @@ fn tiny(name: &str, index: IndexParams) -> ModelEntry {
 }
 
 fn config(store: &Path, models: Vec<ModelEntry>) -> Config {
-    Config { store: store.to_path_buf(), models, ..Config::default() }
+    Config { store: store.into(), models, ..Config::default() }
 }
 
 fn three(store: &Path) -> Config {

@@ -163,7 +163,7 @@ fn bm25_run(data: &EvalData, ks: &[usize], k_max: usize, progress: bool) -> (Sys
 /// Encodes the sample into the cache store and builds the graphs.
 async fn open_engine(options: &RunOptions, data: &EvalData) -> Result<std::sync::Arc<Engine>, EvalError> {
     let config = Config {
-        store: options.cache.clone(),
+        store: options.cache.clone().into(),
         onnxruntime: options.onnxruntime.clone(),
         models: options
             .models

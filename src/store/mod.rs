@@ -1,10 +1,15 @@
-//! The relational store: documents of the corpus and their embeddings per (model, model version), and the
-//! experiments with their exposures, shadow comparisons and feedback. The [`Store`] trait is what the rest of
-//! Duet sees; [`sqlite::SqliteStore`] is the embedded default, and a PostgreSQL implementation can follow with its
-//! own `migrations/postgres`. The rows themselves are plain data in [`records`]. The store uses only [`crate::util`]:
-//! it knows nothing of the layers above it.
+//! The relational store: documents of the corpus and their embeddings per (model, model version), the
+//! experiments with their exposures, shadow comparisons and feedback, the model registry, and the change feed
+//! that keeps replicas over one store in step. The [`Store`] trait is what the rest of Duet sees;
+//! [`sqlite::SqliteStore`] is the embedded default and [`postgres::PgStore`] the shared one, each with its own
+//! migrations; [`location`] picks one from the configured location. The rows themselves are plain data in
+//! [`records`], [`registry`] and [`feed`]. The store uses only [`crate::util`]: it knows nothing of the layers
+//! above it.
 
+pub mod feed;
 pub mod header;
+pub mod location;
+pub mod postgres;
 pub mod records;
 pub mod registry;
 pub mod sqlite;
@@ -14,6 +19,9 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
+pub use feed::{Change, ChangeKind};
+pub use location::{open, PostgresSettings, StoreLocation};
+pub use postgres::PgStore;
 pub use records::{
     Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureLatency, ExposureRecord, Fingerprint,
     InterleaveCounts, Mode, NewDocument, NewEmbedding, Promotion, ShadowRecord, ShadowRow, Shown, Status, Versions,
@@ -45,10 +53,52 @@ pub enum StoreError {
     NotADatabase { location: String, reason: String },
     #[error("store migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database cannot be reached (or refuses connections, or is too busy to answer in time): the same
+    /// request can succeed once it is back. Nothing of the failed call was committed.
+    #[error("the store is unavailable; retry shortly")]
+    Unavailable(#[source] sqlx::Error),
     #[error("store query failed")]
-    Query(#[from] sqlx::Error),
+    Query(#[source] sqlx::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            Self::Unavailable(err)
+        } else {
+            Self::Query(err)
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether the store could not be reached (as opposed to a query or the data being wrong).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Errors that mean "the database is not there right now" rather than "this query is wrong": lost or refused
+/// connections, an exhausted pool, a server shutting down or starting, too many clients (PostgreSQL SQLSTATE
+/// classes 08, 57P0x, 53300), a statement cancelled by its timeout (57014), and SQLite's busy and locked
+/// (5, 6 and their extended codes).
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "57014")
+                || (code.len() < 5 && code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)))
+        }),
+        _ => false,
+    }
 }
 
 /// SHA-256 of a document's text, hex.
@@ -116,6 +166,28 @@ pub trait Store: ModelRegistry + Send + Sync + 'static {
     async fn latencies(&self, experiment_id: &str) -> Result<Vec<ExposureLatency>, StoreError>;
     /// Every shadow comparison of an experiment.
     async fn shadow_rows(&self, experiment_id: &str) -> Result<Vec<ShadowRow>, StoreError>;
+
+    /// Every document, in id order after `after`, up to `limit` (a replica keeps them in memory).
+    async fn documents_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Document>, StoreError>;
+    /// The valid (current-text) stored embeddings of a model version for some documents, by document id.
+    async fn embeddings_of(
+        &self,
+        model: &str,
+        model_version: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<f32>>, StoreError>;
+
+    /// This handle's identity in the change feed: random for every open, written beside each change it makes.
+    fn origin(&self) -> &str;
+    /// Changes committed after sequence `after`, oldest first, at most `limit`. A change is listed only once
+    /// every change with a smaller sequence is committed and listed too.
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError>;
+    /// The sequence of the latest change (0 when there is none).
+    async fn last_change(&self) -> Result<i64, StoreError>;
+    /// Deletes the changes committed before `before` (RFC 3339); returns how many went.
+    async fn prune_changes(&self, before: &str) -> Result<u64, StoreError>;
+    /// A cheap round trip: whether the store answers now.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Closes connections (checkpointing the write-ahead log).
     async fn close(&self);

@@ -18,10 +18,32 @@ use super::records::{
     ArmOutcome, Document, Experiment, ExposureLatency, ExposureRecord, Fingerprint, InterleaveCounts, NewDocument,
     NewEmbedding, ShadowRecord, ShadowRow, Shown,
 };
-use super::{Store, StoreError};
+use super::{Change, ChangeKind, Store, StoreError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    origin: String,
+}
+
+/// Appends change rows inside a write's transaction (SQLite has one writer at a time, so the sequence follows
+/// commit order).
+pub(super) async fn record_changes(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    kind: ChangeKind,
+    keys: &[&str],
+    origin: &str,
+    at: &str,
+) -> Result<(), StoreError> {
+    for key in keys {
+        sqlx::query("INSERT INTO changes (kind, key, origin, at) VALUES (?, ?, ?, ?)")
+            .bind(kind.as_str())
+            .bind(key)
+            .bind(origin)
+            .bind(at)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 use crate::util::now;
@@ -76,7 +98,7 @@ impl SqliteStore {
             .await
             .map_err(|source| StoreError::Open { location, source })?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self { pool, origin: uuid::Uuid::new_v4().to_string() })
     }
 }
 
@@ -129,6 +151,8 @@ impl Store for SqliteStore {
             .await?;
         }
         write_embeddings(&mut tx, embeddings, &at).await?;
+        let ids: Vec<&str> = documents.iter().map(|d| d.id.as_str()).collect();
+        record_changes(&mut tx, ChangeKind::Document, &ids, &self.origin, &at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -191,8 +215,14 @@ impl Store for SqliteStore {
     }
 
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        let result = sqlx::query("DELETE FROM documents WHERE id = ?").bind(id).execute(&self.pool).await?;
-        Ok(result.rows_affected() > 0)
+        let mut tx = self.pool.begin().await?;
+        let result = sqlx::query("DELETE FROM documents WHERE id = ?").bind(id).execute(&mut *tx).await?;
+        let existed = result.rows_affected() > 0;
+        if existed {
+            record_changes(&mut tx, ChangeKind::Document, &[id], &self.origin, &now()).await?;
+        }
+        tx.commit().await?;
+        Ok(existed)
     }
 
     async fn count(&self) -> Result<u64, StoreError> {
@@ -250,7 +280,7 @@ impl Store for SqliteStore {
     }
 
     async fn save_experiment(&self, e: &Experiment) -> Result<(), StoreError> {
-        experiments::save_experiment(&self.pool, e).await
+        experiments::save_experiment(&self.pool, e, &self.origin).await
     }
 
     async fn write_exposures(&self, exposures: &[ExposureRecord], shadows: &[ShadowRecord]) -> Result<(), StoreError> {
@@ -293,6 +323,91 @@ impl Store for SqliteStore {
 
     async fn shadow_rows(&self, experiment_id: &str) -> Result<Vec<ShadowRow>, StoreError> {
         experiments::shadow_rows(&self.pool, experiment_id).await
+    }
+
+    async fn documents_after(&self, after: Option<&str>, limit: u32) -> Result<Vec<Document>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, text, metadata, content_hash, created_at, updated_at FROM documents
+             WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(document_from_row).collect()
+    }
+
+    async fn embeddings_of(
+        &self,
+        model: &str,
+        model_version: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<f32>>, StoreError> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "SELECT e.document_id, e.vector FROM embeddings e
+                 JOIN documents d ON d.id = e.document_id AND d.content_hash = e.content_hash
+                 WHERE e.model = ",
+            );
+            query.push_bind(model).push(" AND e.model_version = ").push_bind(model_version);
+            query.push(" AND e.document_id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id);
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.pool).await? {
+                let id: String = row.try_get("document_id")?;
+                let blob: &[u8] = row.try_get("vector")?;
+                let vector = blob_to_vector(&id, blob).unwrap_or_default();
+                found.insert(id, vector);
+            }
+        }
+        Ok(found)
+    }
+
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query("SELECT seq, kind, key, origin, at FROM changes WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                Ok(Change {
+                    seq: row.try_get("seq")?,
+                    kind: ChangeKind::parse(&kind)?,
+                    key: row.try_get("key")?,
+                    origin: row.try_get("origin")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn last_change(&self) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes").fetch_one(&self.pool).await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    async fn prune_changes(&self, before: &str) -> Result<u64, StoreError> {
+        // The latest change is kept whatever its age, so that AUTOINCREMENT never hands out a number again.
+        let result = sqlx::query("DELETE FROM changes WHERE at < ? AND seq < (SELECT MAX(seq) FROM changes)")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn close(&self) {

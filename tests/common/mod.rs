@@ -22,7 +22,7 @@ pub fn tiny_model(name: &str) -> ModelEntry {
 pub fn tiny_config(store: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        store: store.to_path_buf(),
+        store: store.into(),
         models: vec![tiny_model("tiny-two-tower"), tiny_model("tiny-llm"), tiny_model("tiny-encoder")],
         ..Config::default()
     }

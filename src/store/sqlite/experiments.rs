@@ -9,7 +9,7 @@ use super::super::records::{
     Arm, ArmOutcome, Experiment, ExposureItem, ExposureLatency, ExposureRecord, InterleaveCounts, Mode, Promotion,
     ShadowRecord, ShadowRow, Shown, Status, Versions,
 };
-use super::super::StoreError;
+use super::super::{ChangeKind, StoreError};
 use crate::util::now;
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
@@ -56,7 +56,7 @@ pub(super) async fn experiments(pool: &SqlitePool) -> Result<Vec<Experiment>, St
     rows.iter().map(experiment_from_row).collect()
 }
 
-pub(super) async fn save_experiment(pool: &SqlitePool, e: &Experiment) -> Result<(), StoreError> {
+pub(super) async fn save_experiment(pool: &SqlitePool, e: &Experiment, origin: &str) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
     if e.default {
         sqlx::query("UPDATE experiments SET is_default = 0 WHERE is_default = 1 AND id <> ?")
@@ -88,6 +88,8 @@ pub(super) async fn save_experiment(pool: &SqlitePool, e: &Experiment) -> Result
     .bind(promotion)
     .execute(&mut *tx)
     .await?;
+    // One change for the experiment; unsetting another default is read back by replicas from the full list.
+    super::record_changes(&mut tx, ChangeKind::Experiment, &[e.id.as_str()], origin, &now()).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::SqliteStore;
 use crate::store::registry::{ModelEvent, ModelRegistry, ModelVersion, VersionState};
-use crate::store::StoreError;
+use crate::store::{ChangeKind, StoreError};
 
 fn version_from_row(row: &SqliteRow) -> Result<ModelVersion, StoreError> {
     Ok(ModelVersion {
@@ -61,6 +61,10 @@ impl ModelRegistry for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        let mut models: Vec<&str> = changes.iter().map(|v| v.model.as_str()).collect();
+        models.sort_unstable();
+        models.dedup();
+        super::record_changes(&mut tx, ChangeKind::Model, &models, &self.origin, &crate::util::now()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -124,13 +128,16 @@ impl ModelRegistry for SqliteStore {
     }
 
     async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
         .bind(key)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        super::record_changes(&mut tx, ChangeKind::Setting, &[key], &self.origin, &crate::util::now()).await?;
+        tx.commit().await?;
         Ok(())
     }
 }
