@@ -93,11 +93,14 @@ pub struct ReplicationSettings {
     /// Changes older than this are deleted from the feed (a replica stopped for longer reloads at start-up
     /// anyway), in seconds.
     pub change_retention_secs: u64,
+    /// With a PostgreSQL store: how long feedback for a request not logged yet waits for the server that served
+    /// the search to write its exposure, in milliseconds, before it is refused as unknown (404).
+    pub feedback_wait_ms: u64,
 }
 
 impl Default for ReplicationSettings {
     fn default() -> Self {
-        Self { poll_ms: 200, change_retention_secs: 24 * 3600 }
+        Self { poll_ms: 200, change_retention_secs: 24 * 3600, feedback_wait_ms: 1000 }
     }
 }
 

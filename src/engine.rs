@@ -13,6 +13,9 @@
 //! - Exact and high-`ef` searches over a graph are bounded by a semaphore; beyond it they are refused at once.
 
 mod backfill;
+pub mod documents;
+mod follow;
+pub mod health;
 mod lifecycle;
 mod model;
 mod prepare;
@@ -82,6 +85,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error("the store has been unreachable since {since} ({error}); writes are refused until it is back, searches are answered from memory")]
+    StoreDown { since: String, error: String },
     #[error("internal task failed")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -153,6 +158,12 @@ pub struct Engine {
     heavy_searches: Arc<Semaphore>,
     /// Changed by promoting an experiment's winner (and persisted in the store).
     default_model: RwLock<String>,
+    /// Every stored document, as searches show them.
+    documents: documents::DocumentTable,
+    /// Whether the store answers, as last seen.
+    pub health: health::StoreHealth,
+    /// The change-feed sequence read before the documents and indexes were loaded: following starts there.
+    feed_start: std::sync::atomic::AtomicI64,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
 }
@@ -300,6 +311,9 @@ impl Engine {
             writes: Arc::new(tokio::sync::Mutex::new(())),
             heavy_searches: Arc::new(Semaphore::new(config.limits.max_heavy_searches)),
             default_model: RwLock::new(default_model),
+            documents: documents::DocumentTable::default(),
+            health: health::StoreHealth::new(metrics.clone()),
+            feed_start: std::sync::atomic::AtomicI64::new(0),
             metrics,
             limits: config.limits,
         });
@@ -354,8 +368,35 @@ impl Engine {
         Ok(model)
     }
 
+    /// A stored document: read from the store (so that a write another server made is seen at once), else —
+    /// while the store cannot be reached — as this server holds it.
     pub async fn get(&self, id: &str) -> Result<Option<Document>, EngineError> {
-        Ok(self.store.get(id).await?)
+        match self.store.get(id).await {
+            Ok(found) => Ok(found),
+            Err(err) if err.is_unavailable() => {
+                self.health.mark_down(crate::util::error_chain(&err));
+                Ok(self.documents.get(id).map(|d| (*d).clone()))
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Refuses a write at once while the store is known to be unreachable.
+    fn check_store(&self) -> Result<(), EngineError> {
+        if self.health.is_up() {
+            return Ok(());
+        }
+        let status = self.health.status();
+        Err(EngineError::StoreDown { since: status.since, error: status.error.unwrap_or_default() })
+    }
+
+    /// Notes a store error that says the store is unreachable, so that the next writes are refused at once.
+    fn note_store_error(&self, err: &EngineError) {
+        if let EngineError::Store(store_error) = err {
+            if store_error.is_unavailable() {
+                self.health.mark_down(crate::util::error_chain(store_error));
+            }
+        }
     }
 
     /// Encodes texts with a model (its index need not be ready).
@@ -396,10 +437,13 @@ impl Engine {
             .observe(search_seconds);
 
         let started = Instant::now();
-        let ids: Vec<String> = outcome.hits.iter().map(|h| h.id.to_string()).collect();
-        let mut documents = self.store.get_many(&ids).await?;
-        // A document deleted between the index read and the store read is left out.
-        let hits = outcome.hits.into_iter().filter_map(|h| documents.remove(&*h.id).map(|d| (h, d))).collect();
+        let mut documents = self.documents.get_many(outcome.hits.iter().map(|h| &*h.id));
+        // A document deleted between the index read and this read is left out.
+        let hits = outcome
+            .hits
+            .into_iter()
+            .filter_map(|h| documents.remove(&*h.id).map(|d| (h, Document::clone(&d))))
+            .collect();
         Ok(SearchResult {
             model: model.info.clone(),
             hits,

@@ -49,6 +49,9 @@ pub struct Metrics {
     pub shadow_skipped: IntCounterVec,
     pub eval_jobs: IntGaugeVec,
     pub eval_jobs_ended: IntCounterVec,
+    pub store_up: IntGauge,
+    pub replication_lag: Histogram,
+    pub replication_applied: IntCounterVec,
     /// Every metric family registered, with its label names — also those with no series yet (Prometheus' text
     /// format omits a labelled family until it has one). Dashboards and alert rules are checked against it.
     pub families: Vec<Family>,
@@ -283,6 +286,33 @@ impl Metrics {
                  (forgotten after `job_ttl_secs` or beyond `kept_jobs`).",
                 &["outcome"],
             ),
+            store_up: {
+                let g = IntGauge::new(
+                    "store_up",
+                    "1 while the store answers, 0 while it cannot be reached (searches go on from memory, writes get 503).",
+                )
+                .expect("valid gauge");
+                register(Box::new(g.clone()), false);
+                g
+            },
+            replication_lag: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "replication_lag_seconds",
+                        "Time from another server's commit of a change to this server applying it (from the change feed).",
+                    )
+                    .buckets(latency_buckets()),
+                )
+                .expect("valid histogram");
+                register(Box::new(h.clone()), true);
+                h
+            },
+            replication_applied: counter(
+                "replication_applied_total",
+                "Changes made by other servers over the same store and applied here, by kind (document, experiment, \
+                 setting, model).",
+                &["kind"],
+            ),
             families: families.into_inner(),
             registry,
         }
@@ -333,7 +363,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 35, "one per field of Metrics");
+        assert_eq!(m.families.len(), 38, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and

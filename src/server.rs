@@ -4,11 +4,13 @@
 //! down gracefully within `[http] shutdown_grace_secs`. The connections themselves (limits, timeouts,
 //! draining) are the edge's. Once the indexes are ready, interrupted back-fills resume and the config file's
 //! `[[models]]` are applied through the model life cycle ([`reload`]) — again on each SIGHUP — and embeddings of
-//! versions retired longer than `retention_secs` are removed (then every ten minutes).
+//! versions retired longer than `retention_secs` are removed (then every ten minutes). Once the indexes are
+//! loaded, the changes other servers over the same store make are followed ([`replication`]).
 
 mod conn;
 mod edge;
 pub mod reload;
+mod replication;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,12 +47,16 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     config.validate()?;
     let engine = Engine::open(&config).await?;
-    let experiments =
-        Arc::new(Experiments::load(engine.store().clone(), config.experiments, engine.metrics.clone()).await?);
+    let mut experiments = Experiments::load(engine.store().clone(), config.experiments, engine.metrics.clone()).await?;
+    if matches!(config.store, crate::store::StoreLocation::Postgres(_)) {
+        experiments = experiments.with_other_servers_wait(Duration::from_millis(config.replication.feedback_wait_ms));
+    }
+    let experiments = Arc::new(experiments);
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
 
+    let (prepared, follow_from) = oneshot::channel::<()>();
     let background = tokio::spawn({
         let engine = engine.clone();
         let experiments = experiments.clone();
@@ -60,6 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             if let Err(err) = engine.prepare_indexes().await {
                 tracing::error!(error = %error_chain(&err), "building an index failed; the server stays unready");
             }
+            let _ = prepared.send(());
             engine.resume_changes().await;
             if let Err(err) = reload::apply_models(&engine, &experiments, &config).await {
                 tracing::error!(error = %error_chain(&*err), "applying the config file's models failed");
@@ -123,6 +130,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             }
         }
     })];
+    upkeep.push(tokio::spawn({
+        let (engine, experiments, settings) = (engine.clone(), experiments.clone(), config.replication);
+        async move {
+            // Once the indexes are loaded: the feed is followed from the position they were loaded at.
+            if follow_from.await.is_ok() {
+                replication::follow(engine, experiments, settings).await;
+            }
+        }
+    }));
     if let Some(path) = config.source.clone() {
         // Registered now, before start returns: a SIGHUP from then on reloads instead of ending the process.
         let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -17,14 +17,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("store", &["util"]),
     ("index", &["util"]),
     ("encoder", &["metrics", "util"]),
-    ("config", &["auth", "encoder", "index", "util"]),
+    ("config", &["auth", "encoder", "index", "store", "util"]),
     ("engine", &["config", "encoder", "index", "metrics", "store", "util"]),
     ("corpus", &["engine", "store", "util"]),
     ("train", &["encoder", "lexical", "util"]),
     ("experiment", &["config", "engine", "index", "metrics", "store", "util"]),
     ("eval", &["config", "corpus", "encoder", "engine", "index", "lexical", "metrics", "store", "train", "util"]),
     ("api", &["auth", "config", "encoder", "engine", "eval", "experiment", "index", "metrics", "store", "util"]),
-    ("server", &["api", "config", "corpus", "engine", "eval", "experiment", "util"]),
+    ("server", &["api", "config", "corpus", "engine", "eval", "experiment", "store", "util"]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

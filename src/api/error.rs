@@ -88,6 +88,9 @@ impl From<EngineError> for ApiError {
             EngineError::Busy { .. } => ApiError::unavailable("too-many-heavy-searches", &err),
             EngineError::Encoder(err) => err.into(),
             EngineError::Store(err) => err.into(),
+            EngineError::StoreDown { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", err.to_string()).retry_after(2)
+            }
             EngineError::Index(err) => err.into(),
             EngineError::ModelExists(_) => ApiError::new(StatusCode::CONFLICT, "model-exists", err.to_string()),
             EngineError::OutsideModelRoot { .. } => {

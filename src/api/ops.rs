@@ -26,6 +26,9 @@ pub struct ModelReadiness {
 pub struct Readiness {
     pub ready: bool,
     pub models: BTreeMap<String, ModelReadiness>,
+    /// `ok`, or `degraded` while the store cannot be reached: searches are still answered (from memory), so
+    /// readiness does not depend on it; writes get 503 meanwhile.
+    pub store: crate::engine::health::StoreStatus,
 }
 
 /// `GET /healthz`: the process is up.
@@ -33,7 +36,8 @@ pub async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 once every model's index is built, 503 before (or when one failed), saying per model why.
+/// `GET /readyz`: 200 once every model's index is built, 503 before (or when one failed), saying per model why,
+/// and whether the store answers (a degraded store does not make the server unready: searches go on).
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let models: BTreeMap<String, ModelReadiness> = state
         .engine
@@ -47,7 +51,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .collect();
     let ready = models.values().all(|m| m.ready);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(Readiness { ready, models })).into_response()
+    let store = state.engine.health.status();
+    (status, axum::Json(Readiness { ready, models, store })).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

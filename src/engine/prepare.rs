@@ -33,6 +33,13 @@ impl Engine {
     /// ready when done; the HNSW graphs are then built in the background (see [`Engine::build_graphs`]). A model
     /// that fails is marked failed and the others go on; the first failure is returned once all were tried.
     pub async fn prepare_indexes(&self) -> Result<Vec<PreparedIndex>, EngineError> {
+        // Read first: whatever another server changes from here on is applied again by the follower, so nothing
+        // changed while the documents and embeddings are being read is missed.
+        let position = self.store.last_change().await?;
+        self.feed_start.store(position, std::sync::atomic::Ordering::Release);
+        let started = Instant::now();
+        let held = self.documents.load(self.store.as_ref()).await?;
+        tracing::info!(documents = held, seconds = started.elapsed().as_secs_f64(), "documents loaded");
         let mut reports = Vec::new();
         let mut first_error = None;
         for model in self.models().values() {

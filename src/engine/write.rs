@@ -18,7 +18,7 @@ use crate::store::{content_hash, NewDocument, NewEmbedding};
 /// The models a write goes to: every serving model, once none is still preparing at start-up, and every version
 /// being prepared beside them; a failed model is left out (it is not served, and it encodes what it lacks when it
 /// next prepares).
-fn write_targets(engine: &Engine) -> Result<Vec<Arc<ServedModel>>, EngineError> {
+pub(super) fn write_targets(engine: &Engine) -> Result<Vec<Arc<ServedModel>>, EngineError> {
     let models = engine.models();
     // Writes wait for the indexes prepared at start-up: a document deleted (or replaced) while its stored
     // embedding is being loaded would come back as a ghost entry. (A version prepared beside the serving one
@@ -57,6 +57,7 @@ impl Engine {
     /// Inserts or replaces documents: encoded by every model, stored durably, indexed — then acknowledged.
     /// Documents must already be validated and have distinct ids.
     pub async fn upsert(self: &Arc<Self>, documents: Vec<NewDocument>) -> Result<UpsertReport, EngineError> {
+        self.check_store()?;
         let models = write_targets(self)?;
         let texts: Vec<String> = documents.iter().map(|d| d.text.clone()).collect();
         // Every model encodes at once, each on its own thread.
@@ -90,7 +91,12 @@ impl Engine {
                 embeddings.extend(embeddings_of(&model, &documents, &vectors));
                 per_model.push((model, vectors));
             }
-            store.upsert(&documents, &embeddings).await?;
+            if let Err(err) = store.upsert(&documents, &embeddings).await {
+                let err = EngineError::from(err);
+                engine.note_store_error(&err);
+                return Err(err);
+            }
+            engine.documents.put_written(&documents, &crate::util::now());
             let mut first_error = None;
             for (model, vectors) in per_model {
                 let items: Vec<(String, Vec<f32>)> = documents.iter().map(|d| d.id.clone()).zip(vectors).collect();
@@ -108,6 +114,7 @@ impl Engine {
 
     /// Deletes a document from the store and every index; returns whether it existed.
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool, EngineError> {
+        self.check_store()?;
         write_targets(self)?;
         let (engine, id) = (self.clone(), id.to_string());
         let commit = tokio::spawn(async move {
@@ -115,7 +122,15 @@ impl Engine {
             let _write = engine.writes.clone().lock_owned().await;
             // Chosen under the lock: every version serving or being prepared now forgets the document.
             let models = write_targets(&engine).unwrap_or_default();
-            let existed = store.delete(&id).await?;
+            let existed = match store.delete(&id).await {
+                Ok(existed) => existed,
+                Err(err) => {
+                    let err = EngineError::from(err);
+                    engine.note_store_error(&err);
+                    return Err(err);
+                }
+            };
+            engine.documents.remove(&id);
             for model in &models {
                 model.index.delete(&id);
                 maintain(model, &metrics);

@@ -3,7 +3,9 @@
 //!
 //! The search path only ever calls [`ExposureLog::record`], which never waits: when the queue is full the
 //! record is dropped and `duet_experiment_exposures_dropped_total` rises. Feedback, which must find the exposure, first
-//! asks the writer to [`flush`](ExposureLog::flush) what it holds.
+//! asks the writer to [`flush`](ExposureLog::flush) what it holds. While the store is unavailable the writer holds
+//! its batch and writes it again (backing off up to two seconds) until it is back; the queue fills meanwhile, and
+//! once it is full new records are dropped and counted.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::store::{ExposureRecord, ShadowRecord, Store};
+
+/// The first wait before writing a batch again while the store is unavailable; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 enum Message {
     Exposure(ExposureRecord),
@@ -105,9 +111,26 @@ async fn write_loop(mut rx: mpsc::Receiver<Message>, store: Arc<dyn Store>, batc
         let written = exposures.len() + shadows.len();
         if written > 0 {
             let started = Instant::now();
-            if let Err(err) = store.write_exposures(&exposures, &shadows).await {
-                tracing::error!(error = %crate::util::error_chain(&err), records = written, "writing exposures failed; the batch is lost");
-                metrics.exposure_write_errors.inc_by(written as u64);
+            let mut retry_in = RETRY_FIRST;
+            loop {
+                match store.write_exposures(&exposures, &shadows).await {
+                    Ok(()) => break,
+                    // The store is away: the batch is kept and written once it is back. Meanwhile new records
+                    // wait in the queue, and beyond its bound they are dropped and counted.
+                    Err(err) if err.is_unavailable() => {
+                        if retry_in == RETRY_FIRST {
+                            tracing::warn!(error = %crate::util::error_chain(&err), records = written,
+                                "the store is unavailable; holding the exposure batch until it is back");
+                        }
+                        tokio::time::sleep(retry_in).await;
+                        retry_in = (retry_in * 2).min(RETRY_MAX);
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %crate::util::error_chain(&err), records = written, "writing exposures failed; the batch is lost");
+                        metrics.exposure_write_errors.inc_by(written as u64);
+                        break;
+                    }
+                }
             }
             metrics.exposure_write_duration.observe(started.elapsed().as_secs_f64());
             metrics.exposure_queue_depth.sub(written as i64);

@@ -269,7 +269,15 @@ pub struct Experiments {
     feedback_lock: tokio::sync::Mutex<()>,
     /// Serialises changes, so that the store and the cache change in the same order.
     writes: tokio::sync::Mutex<()>,
+    /// How long feedback for a request not logged yet waits for another server over the same store to write
+    /// its exposure (zero for a store no other server shares).
+    other_servers_wait: std::time::Duration,
 }
+
+/// How often feedback waiting for another server's exposure looks again.
+const OTHER_SERVERS_POLL: std::time::Duration = std::time::Duration::from_millis(25);
+/// The most feedback waits for this server's own queued exposures to be written.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 use crate::util::now;
 
@@ -298,8 +306,24 @@ impl Experiments {
             metrics,
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(settings.shadow_concurrency.max(1))),
             feedback_lock: tokio::sync::Mutex::new(()),
+            other_servers_wait: std::time::Duration::ZERO,
             writes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Feedback for a request not logged yet waits up to `wait` for another server over the same store (which
+    /// served the search and is writing its exposure) before it is refused as unknown.
+    pub fn with_other_servers_wait(mut self, wait: std::time::Duration) -> Self {
+        self.other_servers_wait = wait;
+        self
+    }
+
+    /// Reads every experiment from the store again (another server over the same store changed one).
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _change = self.writes.lock().await;
+        let all = self.store.experiments().await?;
+        *self.cache.write() = Arc::new(all.into_iter().map(Arc::new).collect());
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -453,8 +477,15 @@ impl Experiments {
     pub async fn feedback(&self, feedback: Feedback) -> Result<FeedbackReceipt, ExperimentError> {
         let mut shown = self.store.shown(&feedback.request_id).await?;
         if shown.is_none() {
-            // The exposure may still be queued: write the queue out and look again.
-            self.log.flush().await;
+            // The exposure may still be queued: write the queue out and look again. (The wait is bounded: while
+            // the store is down the writer holds its batch until it is back.)
+            let _ = tokio::time::timeout(FLUSH_WAIT, self.log.flush()).await;
+            shown = self.store.shown(&feedback.request_id).await?;
+        }
+        // Or another server served the search and is writing its exposure now.
+        let deadline = tokio::time::Instant::now() + self.other_servers_wait;
+        while shown.is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(OTHER_SERVERS_POLL).await;
             shown = self.store.shown(&feedback.request_id).await?;
         }
         let shown = shown.ok_or_else(|| ExperimentError::UnknownRequest(feedback.request_id.clone()))?;
