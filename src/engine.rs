@@ -437,13 +437,25 @@ impl Engine {
             .observe(search_seconds);
 
         let started = Instant::now();
-        let mut documents = self.documents.get_many(outcome.hits.iter().map(|h| &*h.id));
-        // A document deleted between the index read and this read is left out.
-        let hits = outcome
-            .hits
+        let mut documents: std::collections::HashMap<String, Document> = self
+            .documents
+            .get_many(outcome.hits.iter().map(|h| &*h.id))
             .into_iter()
-            .filter_map(|h| documents.remove(&*h.id).map(|d| (h, Document::clone(&d))))
+            .map(|(id, d)| (id, Document::clone(&d)))
             .collect();
+        let unheld: Vec<String> =
+            outcome.hits.iter().filter(|h| !documents.contains_key(&*h.id)).map(|h| h.id.to_string()).collect();
+        // Held in memory unless the stored row could not be read at start-up: those come from the store.
+        if !unheld.is_empty() {
+            match self.store.get_many(&unheld).await {
+                Ok(found) => documents.extend(found),
+                // (Or deleted just now.) With the store away they are left out rather than failing the search.
+                Err(err) if err.is_unavailable() => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        // A document deleted between the index read and this read is left out.
+        let hits = outcome.hits.into_iter().filter_map(|h| documents.remove(&*h.id).map(|d| (h, d))).collect();
         Ok(SearchResult {
             model: model.info.clone(),
             hits,

@@ -20,19 +20,18 @@ pub struct DocumentTable {
 }
 
 impl DocumentTable {
-    /// Replaces the table with every stored document; returns how many.
+    /// Replaces the table with every stored document; returns how many. On an error, the pages read before it
+    /// are kept.
     pub async fn load(&self, store: &dyn Store) -> Result<usize, StoreError> {
-        let mut all = HashMap::new();
+        self.by_id.write().clear();
         let mut after: Option<String> = None;
         loop {
             let page = store.documents_after(after.as_deref(), PAGE).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
-            all.extend(page.into_iter().map(|d| (d.id.clone(), Arc::new(d))));
+            self.put_stored(page);
         }
-        let count = all.len();
-        *self.by_id.write() = all;
-        Ok(count)
+        Ok(self.len())
     }
 
     pub fn len(&self) -> usize {

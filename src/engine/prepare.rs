@@ -38,8 +38,14 @@ impl Engine {
         let position = self.store.last_change().await?;
         self.feed_start.store(position, std::sync::atomic::Ordering::Release);
         let started = Instant::now();
-        let held = self.documents.load(self.store.as_ref()).await?;
-        tracing::info!(documents = held, seconds = started.elapsed().as_secs_f64(), "documents loaded");
+        match self.documents.load(self.store.as_ref()).await {
+            Ok(held) => tracing::info!(documents = held, seconds = started.elapsed().as_secs_f64(), "documents loaded"),
+            Err(err) if err.is_unavailable() => return Err(err.into()),
+            // A stored row that cannot be read: the models are still prepared (the one that must encode it
+            // fails with the reason), and searches read the documents not held from the store.
+            Err(err) => tracing::error!(error = %error_chain(&err), held = self.documents.len(),
+                "reading the stored documents failed; searches read the others from the store"),
+        }
         let mut reports = Vec::new();
         let mut first_error = None;
         for model in self.models().values() {
