@@ -10,6 +10,7 @@
 mod conn;
 mod edge;
 pub mod reload;
+pub mod replica_bench;
 mod replication;
 
 use std::net::SocketAddr;

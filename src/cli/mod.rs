@@ -4,6 +4,7 @@
 //! module; nothing imports it.
 
 pub mod bench;
+pub mod bench_replicas;
 pub mod bench_swap;
 #[cfg(feature = "offline-eval")]
 pub mod eval;
@@ -52,6 +53,8 @@ pub enum Command {
     /// Live search latency against a running server, idle versus during another model's back-fill, and across
     /// a replacement of the searched model by a new version (swap time, failed searches, versions seen).
     BenchSwap(bench_swap::Args),
+    /// Replication lag between two servers over one PostgreSQL store, and start-up over N stored vectors.
+    BenchReplicas(bench_replicas::Args),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
     #[cfg(feature = "offline-eval")]
@@ -81,6 +84,7 @@ impl Command {
             | Command::Verify(_)
             | Command::BenchEncode(_)
             | Command::BenchSwap(_)
+            | Command::BenchReplicas(_)
             | Command::Simulate(_) => "warn",
             #[cfg(feature = "offline-eval")]
             Command::Eval(_) => "warn",
@@ -99,6 +103,7 @@ impl Command {
             Command::Verify(args) => verify::run(args),
             Command::BenchEncode(args) => bench::run(args),
             Command::BenchSwap(args) => bench_swap::run(args).await,
+            Command::BenchReplicas(args) => bench_replicas::run(args).await,
             #[cfg(feature = "offline-eval")]
             Command::Eval(args) => eval::run(*args).await,
             #[cfg(feature = "mine")]
