@@ -422,48 +422,6 @@ fn the_spec_states_each_operations_scope_and_its_refusals() {
     }
 }
 
-#[test]
-fn the_docker_setup_needs_keys_and_uses_no_anonymous_or_default_credentials() {
-    let docker = common::repo().join("docker");
-    // The image's config binds every interface: without keys it refuses to start; with one it validates.
-    let mut config = Config::from_file(&docker.join("duet.toml")).unwrap();
-    assert!(!config.listen.ip().is_loopback());
-    assert!(config.validate().unwrap_err().to_string().contains("no API keys"));
-    config.auth.keys.push(key("prometheus", &[Scope::Search]).1);
-    config.validate().unwrap();
-    let hosts = config.auth.allowed_hosts.clone().unwrap();
-    assert!(hosts.contains(&"duet".to_string()), "Prometheus reaches it as duet:8080");
-    assert!(!config.auth.open_ops.contains(&"/metrics".to_string()), "/metrics is keyed");
-    assert!(config.auth.open_ops.contains(&"/readyz".to_string()), "the HEALTHCHECK needs no key");
-
-    let read = |name: &str| -> serde_norway::Value {
-        serde_norway::from_str(&std::fs::read_to_string(docker.join(name)).unwrap()).unwrap()
-    };
-    let compose = read("compose.yaml");
-    let services = &compose["services"];
-    // `${VAR:?message}`: compose stops with the message when the user has not set VAR.
-    let required = |service: &str, name: &str, var: &str| {
-        let value = services[service]["environment"][name].as_str().unwrap_or_default().to_string();
-        assert!(value.starts_with(&format!("${{{var}:?")), "{service}: {name} must come from {var}: {value}");
-    };
-    required("duet", "DUET_API_KEYS", "DUET_API_KEYS");
-    required("prometheus", "DUET_METRICS_KEY", "DUET_METRICS_KEY");
-    required("grafana", "GF_SECURITY_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD");
-    let grafana = &services["grafana"]["environment"];
-    assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"].as_str(), Some("false"));
-    assert_ne!(grafana["GF_SECURITY_ADMIN_USER"].as_str(), Some("admin"));
-    assert_eq!(compose["secrets"]["duet_metrics_key"]["environment"].as_str(), Some("DUET_METRICS_KEY"));
-
-    let prometheus = read("prometheus/prometheus.yml");
-    let scrape = &prometheus["scrape_configs"][0];
-    assert_eq!(scrape["authorization"]["type"].as_str(), Some("Bearer"));
-    assert_eq!(
-        scrape["authorization"]["credentials_file"].as_str(),
-        Some("/run/secrets/duet_metrics_key"),
-        "the secret compose mounts"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duet_simulate_sends_its_api_key_to_a_keyed_server() {
     use duet::experiment::simulate::{fetch_rankings, Server};
