@@ -114,7 +114,7 @@ conformance! {
     ping_answers(store),
 }
 
-// Outside the macro: cases about opening itself.
+// Outside the macro: cases about opening itself, and a PostgreSQL server going away.
 
 #[tokio::test]
 async fn opening_postgres_fails_fast_when_the_server_is_not_listening() {
@@ -135,6 +135,38 @@ async fn opening_postgres_fails_fast_when_the_server_is_not_listening() {
         assert!(elapsed < Duration::from_secs(5), "opening {location} took {elapsed:?} to fail");
     }
     drop(silent);
+}
+
+/// PostgreSQL only: a server that goes away and comes back (a restart, a fail-over) makes the store unavailable
+/// (an error that says so, quickly) and then usable again, without reopening it.
+#[tokio::test]
+async fn a_postgres_store_answers_again_after_the_server_restarts() {
+    let cluster = common::postgres::PgCluster::start();
+    let location = StoreLocation::Postgres(cluster.fresh_database().await);
+    let settings = PostgresSettings { acquire_timeout_ms: 1_000, ..settings() };
+    let store = open(&location, &settings)
+        .await
+        .unwrap_or_else(|err| panic!("opening the store at {location}: {}", duet::util::error_chain(&err)));
+    store.upsert(&[doc("a", "alpha", serde_json::json!({}))], &[]).await.unwrap();
+
+    cluster.stop();
+    let started = Instant::now();
+    let err = store.ping().await.expect_err("the server is down");
+    assert!(err.is_unavailable(), "{err}");
+    let err = store.upsert(&[doc("b", "beta", serde_json::json!({}))], &[]).await.expect_err("down");
+    assert!(err.is_unavailable(), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "failing took {:?}", started.elapsed());
+
+    cluster.start_again();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(err) = store.ping().await {
+        assert!(Instant::now() < deadline, "the store does not answer again: {err}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.get("a").await.unwrap().map(|d| d.text), Some("alpha".into()));
+    store.upsert(&[doc("b", "beta", serde_json::json!({}))], &[]).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 2);
+    store.close().await;
 }
 
 #[test]
