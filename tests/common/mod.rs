@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests: start a real server on an ephemeral port with a temporary SQLite
-//! file, and talk HTTP to it.
+//! file, and talk HTTP to it; [`postgres`] gives tests PostgreSQL databases and clusters of their own.
 #![allow(dead_code)]
+
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
