@@ -4,6 +4,7 @@
 //! module; nothing imports it.
 
 pub mod bench;
+pub mod bench_store;
 pub mod bench_swap;
 #[cfg(feature = "offline-eval")]
 pub mod eval;
@@ -52,6 +53,9 @@ pub enum Command {
     /// Live search latency against a running server, idle versus during another model's back-fill, and across
     /// a replacement of the searched model by a new version (swap time, failed searches, versions seen).
     BenchSwap(bench_swap::Args),
+    /// On a PostgreSQL server: start-up load of stored vectors as bytea versus real[], and the bulk import rate
+    /// of documents with embeddings through the store (in a database of its own, dropped at the end).
+    BenchStore(bench_store::Args),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
     #[cfg(feature = "offline-eval")]
@@ -82,6 +86,8 @@ impl Command {
             | Command::BenchEncode(_)
             | Command::BenchSwap(_)
             | Command::Simulate(_) => "warn",
+            // The benchmark's own statements are slow by design: sqlx's slow-statement warnings would bury it.
+            Command::BenchStore(_) => "warn,sqlx::query=error",
             #[cfg(feature = "offline-eval")]
             Command::Eval(_) => "warn",
             #[cfg(feature = "mine")]
@@ -99,6 +105,7 @@ impl Command {
             Command::Verify(args) => verify::run(args),
             Command::BenchEncode(args) => bench::run(args),
             Command::BenchSwap(args) => bench_swap::run(args).await,
+            Command::BenchStore(args) => bench_store::run(args).await,
             #[cfg(feature = "offline-eval")]
             Command::Eval(args) => eval::run(*args).await,
             #[cfg(feature = "mine")]
