@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_replicas;
+pub mod bench_store;
 pub mod bench_swap;
 #[cfg(feature = "offline-eval")]
 pub mod eval;
@@ -55,6 +56,9 @@ pub enum Command {
     BenchSwap(bench_swap::Args),
     /// Replication lag between two servers over one PostgreSQL store, and start-up over N stored vectors.
     BenchReplicas(bench_replicas::Args),
+    /// On a PostgreSQL server: start-up load of stored vectors as bytea versus real[], and the bulk import rate
+    /// of documents with embeddings through the store (in a database of its own, dropped at the end).
+    BenchStore(bench_store::Args),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
     #[cfg(feature = "offline-eval")]
@@ -86,6 +90,8 @@ impl Command {
             | Command::BenchSwap(_)
             | Command::BenchReplicas(_)
             | Command::Simulate(_) => "warn",
+            // The benchmark's own statements are slow by design: sqlx's slow-statement warnings would bury it.
+            Command::BenchStore(_) => "warn,sqlx::query=error",
             #[cfg(feature = "offline-eval")]
             Command::Eval(_) => "warn",
             #[cfg(feature = "mine")]
@@ -104,6 +110,7 @@ impl Command {
             Command::BenchEncode(args) => bench::run(args),
             Command::BenchSwap(args) => bench_swap::run(args).await,
             Command::BenchReplicas(args) => bench_replicas::run(args).await,
+            Command::BenchStore(args) => bench_store::run(args).await,
             #[cfg(feature = "offline-eval")]
             Command::Eval(args) => eval::run(*args).await,
             #[cfg(feature = "mine")]

@@ -131,7 +131,7 @@ impl Default for PostgresSettings {
 pub async fn open(location: &StoreLocation, postgres: &PostgresSettings) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
-        StoreLocation::Postgres(url) => PgStore::connect(url, postgres).await?,
+        StoreLocation::Postgres(url) => Arc::new(PgStore::connect(url, postgres).await?),
     })
 }
 
