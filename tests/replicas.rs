@@ -112,7 +112,7 @@ async fn two_replicas_share_writes_deletes_experiments_and_feedback_through_post
     let exp = create(
         &a,
         json!({"name": "ab", "mode": "ab", "status": "running",
-               "arms": [{"model": "tiny-encoder", "weight": 1}, {"model": "tiny-two-tower", "weight": 0}]}),
+               "arms": [{"model": "tiny-encoder", "weight": 1000000}, {"model": "tiny-two-tower", "weight": 1}]}),
     )
     .await;
     let id = exp["id"].as_str().unwrap().to_string();
@@ -120,12 +120,7 @@ async fn two_replicas_share_writes_deletes_experiments_and_feedback_through_post
         .await;
     let (_, body) = routed(&b, "user-1").await;
     assert_eq!(body["arm"], "tiny-encoder");
-    let (status, _) = patch(
-        &a,
-        &id,
-        json!({"arms": [{"name": "tiny-encoder", "weight": 0}, {"name": "tiny-two-tower", "weight": 1}]}),
-    )
-    .await;
+    let (status, _) = patch(&a, &id, json!({"weights": {"tiny-encoder": 1, "tiny-two-tower": 1000000}})).await;
     assert_eq!(status, 200);
     eventually(Duration::from_secs(5), "the new weights on B", || async {
         routed(&b, "user-1").await.1["arm"] == "tiny-two-tower"
@@ -176,8 +171,11 @@ async fn searches_go_on_while_postgres_is_down_and_writes_resume_when_it_is_back
     cluster.stop();
     // Searches are answered from memory, under the experiment too.
     for u in 0..10 {
-        let body = search(&server, json!({"query": "sort a list", "unit_id": format!("u{u}"), "k": 3})).await;
+        let body =
+            search(&server, json!({"query": "sort a list", "experiment": "live", "unit_id": format!("u{u}"), "k": 3}))
+                .await;
         assert_eq!(body["results"].as_array().unwrap().len(), 3);
+        assert_eq!(body["experiment"]["logged"], true, "queued for the exposure log");
     }
     // Writes are refused with 503 and Retry-After (at once, once the store is known to be down).
     let response = server
