@@ -229,3 +229,29 @@ async fn integral_numbers_count_and_null_metadata_is_an_empty_object() {
     assert_eq!(server.get("/v1/documents/n").await.1["metadata"], json!({}));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_characters_are_refused_wherever_a_client_can_send_them() {
+    // PostgreSQL's text cannot hold U+0000: every store refuses it up front, as a 422 naming where it was.
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(tiny_config(&dir.path().join("duet.db"))).await;
+    let (s, b) =
+        post_json(&server, "/v1/documents", json!({"documents": [{"id": "a", "text": "nul \u{0} here"}]})).await;
+    assert_eq!(s, 422);
+    assert!(b["detail"].as_str().unwrap().contains("documents[0].text"), "{b}");
+    let (s, b) = post_json(
+        &server,
+        "/v1/documents",
+        json!({"documents": [{"id": "a", "text": "ok", "metadata": {"k\u{0}": 1}}]}),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    let (s, _) = post_json(&server, "/v1/search", json!({"query": "sort", "unit_id": "u\u{0}"})).await;
+    assert_eq!(s, 422);
+    assert_eq!(problem(&server, "GET", "/v1/search?q=a%00b", None, None).await.0, 422);
+    assert_eq!(problem(&server, "GET", "/v1/documents/a%00b", None, None).await.0, 422);
+    assert_eq!(problem(&server, "DELETE", "/v1/documents/a%00b", None, None).await.0, 422);
+    // Nothing was written.
+    assert_eq!(server.get("/v1/documents/a").await.0, 404);
+    server.stop().await;
+}

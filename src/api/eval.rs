@@ -27,6 +27,6 @@ pub async fn get_job(State(state): State<AppState>, ApiPath(id): ApiPath<String>
 
 /// `DELETE /v1/eval/{id}`: stops a queued or running job at once, or forgets a finished one.
 pub async fn cancel(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
-    state.eval_jobs.cancel(&id)?;
+    state.eval_jobs.cancel(&id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 use super::metrics::{ndcg_at, recall_at, reciprocal_rank};
 use super::stats::bootstrap_ci;
@@ -189,8 +189,8 @@ struct Job {
     total: usize,
     done: AtomicUsize,
     state: Mutex<JobState>,
-    /// Aborts the job's task: its pending searches are dropped, and the encoders skip them.
-    task: Mutex<Option<AbortHandle>>,
+    /// Aborted (and waited for) to cancel the job: its pending searches are dropped, and the encoders skip them.
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Job {
@@ -270,7 +270,7 @@ impl EvalJobs {
             jobs.metrics.eval_jobs_ended.with_label_values(&[ended]).inc();
             jobs.update_gauges();
         });
-        *job.task.lock() = Some(task.abort_handle());
+        *job.task.lock() = Some(task);
         Ok(Submitted::Accepted(job.view()))
     }
 
@@ -281,8 +281,9 @@ impl EvalJobs {
         jobs.iter().find(|j| j.id == id).map(|job| job.view()).ok_or_else(|| LiveEvalError::UnknownJob(id.to_string()))
     }
 
-    /// Stops a queued or running job at once, or forgets a finished one; either way the job is gone.
-    pub fn cancel(&self, id: &str) -> Result<(), LiveEvalError> {
+    /// Stops a queued or running job at once, or forgets a finished one; either way the job is gone. Returns once
+    /// its task has stopped: no search of it starts afterwards.
+    pub async fn cancel(&self, id: &str) -> Result<(), LiveEvalError> {
         let job = {
             let mut jobs = self.jobs.lock();
             self.expire(&mut jobs);
@@ -291,8 +292,11 @@ impl EvalJobs {
             jobs.remove(position).expect("position found above")
         };
         if job.finished_at().is_none() {
-            if let Some(task) = job.task.lock().take() {
+            let task = job.task.lock().take();
+            if let Some(task) = task {
                 task.abort();
+                // Err(cancelled), or the job's own end if it finished meanwhile: either way it has stopped.
+                let _ = task.await;
             }
             self.metrics.eval_jobs_ended.with_label_values(&["cancelled"]).inc();
         }
