@@ -215,3 +215,22 @@ async fn serve_starts_from_flags_serves_its_import_and_stops_on_sigterm() {
     let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait()).await.unwrap().unwrap();
     assert!(status.success(), "SIGTERM is a graceful shutdown: {status}");
 }
+
+#[test]
+fn a_store_url_of_an_unsupported_scheme_is_refused_and_creates_nothing() {
+    // It used to be taken for a file path, silently creating an SQLite file under `./mysql:/`.
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_duet"))
+        .args(["serve", "--store", "mysql://duet:secret@db/duet", "--model"])
+        .arg(common::repo().join("models/tiny-encoder"))
+        .current_dir(dir.path())
+        .env_remove("DUET_LOG")
+        .output()
+        .expect("duet runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`mysql://` stores are not supported"), "{stderr}");
+    assert!(stderr.contains("postgres://"), "the message names what works: {stderr}");
+    assert!(!stderr.contains("secret"), "the password is not repeated: {stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was created");
+}
