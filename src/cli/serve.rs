@@ -19,8 +19,9 @@ pub struct ServerArgs {
     pub config: Option<PathBuf>,
     /// The store (overrides the config's `store`): an SQLite file path, or a `postgres://user:password@host/db`
     /// URL shared by replicas. Other URL schemes are refused.
-    #[arg(long, env = "DUET_STORE")]
-    pub store: Option<StoreLocation>,
+    // Read as text and parsed in `config()`, so that a refused URL is never echoed with its password.
+    #[arg(long, env = "DUET_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Model folders (holding model.toml) to serve instead of the config's [[models]]; comma-separated in the
@@ -40,7 +41,7 @@ impl ServerArgs {
             None => Config::default(),
         };
         if let Some(store) = &self.store {
-            config.store = store.clone();
+            config.store = store.parse::<StoreLocation>()?;
         }
         if let Some(lib) = &self.runtime.onnxruntime {
             config.onnxruntime = Some(lib.clone());
