@@ -179,6 +179,9 @@ pub fn validate_document(doc: &NewDocument, limits: &Limits) -> Result<(), Strin
     if doc.id.chars().any(char::is_control) {
         return Err(format!("document id {:?} contains control characters", doc.id));
     }
+    if doc.text.contains('\0') {
+        return Err(format!("document {:?}: text must not contain the NUL character (U+0000)", doc.id));
+    }
     if crate::util::json::is_blank(&doc.text) {
         return Err(format!("document {:?} has an empty text", doc.id));
     }
@@ -371,6 +374,10 @@ impl Engine {
     /// A stored document: read from the store (so that a write another server made is seen at once), else —
     /// while the store cannot be reached — as this server holds it.
     pub async fn get(&self, id: &str) -> Result<Option<Document>, EngineError> {
+        if id.contains('\0') {
+            // No stored id has one (ids have no control characters), and PostgreSQL cannot even be asked.
+            return Ok(None);
+        }
         match self.store.get(id).await {
             Ok(found) => Ok(found),
             Err(err) if err.is_unavailable() => {

@@ -1,8 +1,9 @@
 //! Two servers over one PostgreSQL store, as replicas behind a load balancer run: a document written or deleted on
 //! one is searched (or gone) on the other without encoding it again; an experiment changed on one routes on the
 //! other; feedback sent to one for a search the other served is accepted and counted. And one server whose
-//! PostgreSQL stops: searches still answered, writes refused with 503, no panic; once PostgreSQL is back, writes
-//! succeed again with no restart, and nothing acknowledged is lost.
+//! PostgreSQL stops: searches still answered, writes refused with 503, exposures queued up to their bound and
+//! the rest dropped and counted, no panic; once PostgreSQL is back, writes succeed again with no restart, and
+//! nothing acknowledged is lost.
 
 mod common;
 
@@ -158,7 +159,10 @@ async fn two_replicas_share_writes_deletes_experiments_and_feedback_through_post
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn searches_go_on_while_postgres_is_down_and_writes_resume_when_it_is_back() {
     let cluster = PgCluster::start();
-    let server = TestServer::start(replica_config(cluster.url())).await;
+    let mut config = replica_config(cluster.url());
+    // A small exposure queue, to see it fill while the store is away.
+    config.experiments.exposure_queue = 4;
+    let server = TestServer::start(config).await;
     let corpus = sample_corpus();
     assert_eq!(server.post("/v1/documents", &json!({"documents": corpus})).await.0, 200);
     let exp = create(
@@ -170,13 +174,18 @@ async fn searches_go_on_while_postgres_is_down_and_writes_resume_when_it_is_back
 
     cluster.stop();
     // Searches are answered from memory, under the experiment too.
+    let mut queued = 0;
     for u in 0..10 {
         let body =
             search(&server, json!({"query": "sort a list", "experiment": "live", "unit_id": format!("u{u}"), "k": 3}))
                 .await;
         assert_eq!(body["results"].as_array().unwrap().len(), 3);
-        assert_eq!(body["experiment"]["logged"], true, "queued for the exposure log");
+        queued += usize::from(body["experiment"]["logged"] == true);
     }
+    // The writer holds what it took, the queue fills to its bound, and the rest are dropped and counted.
+    let dropped = metric(&server.metrics().await, r#"duet_experiment_exposures_dropped_total{experiment="live"}"#);
+    assert!(queued >= 4 && queued < 10, "{queued} of 10 queued");
+    assert_eq!(dropped as usize, 10 - queued);
     // Writes are refused with 503 and Retry-After (at once, once the store is known to be down).
     let response = server
         .client
@@ -217,7 +226,7 @@ async fn searches_go_on_while_postgres_is_down_and_writes_resume_when_it_is_back
     let id = exp["id"].as_str().unwrap();
     let (_, report) = server.get(&format!("/v1/experiments/{id}/report")).await;
     let impressions: u64 = report["arms"].as_array().unwrap().iter().map(|a| a["impressions"].as_u64().unwrap()).sum();
-    assert_eq!(impressions, 10, "{report}");
+    assert_eq!(impressions as usize, queued, "every exposure queued during the outage was written: {report}");
     assert_eq!(metric(&server.metrics().await, "duet_store_up"), 1.0);
     server.stop().await;
 }

@@ -282,67 +282,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             return Err(ApiError::invalid("the request body must be a JSON object"));
         }
         integral_floats_to_integers(&mut value);
-        if let Some(path) = nul_in(&value, String::new()) {
-            return Err(ApiError::invalid(format!("{path}: text must not contain the NUL character (U+0000)")));
-        }
         serde_path_to_error::deserialize(value).map(ApiJson).map_err(|err| {
             ApiError::invalid(format!("Failed to deserialize the JSON body into the target type: {err}"))
         })
     }
 }
 
-/// Where a JSON value holds a string (or a member name) with a NUL character: no store keeps one (PostgreSQL's
-/// text cannot), so it is refused up front, naming the member.
-fn nul_in(value: &Value, path: String) -> Option<String> {
-    let at = |path: &str, key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
-    match value {
-        Value::String(text) => text.contains('\0').then(|| if path.is_empty() { "body".into() } else { path }),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_in(v, format!("{path}[{i}]"))),
-        Value::Object(members) => members.iter().find_map(|(k, v)| {
-            if k.contains('\0') {
-                Some(at(&path, "(a member name)"))
-            } else {
-                nul_in(v, at(&path, k))
-            }
-        }),
-        _ => None,
-    }
-}
-
-/// A request target with a NUL character (`%00`) in its path or query is refused like one in a body.
-fn refuse_nul_in_target(parts: &axum::http::request::Parts) -> Result<(), ApiError> {
-    let target = parts.uri.path_and_query().map_or("", |p| p.as_str());
-    if target.to_ascii_lowercase().contains("%00") {
-        return Err(ApiError::invalid("the request path and query must not contain the NUL character (%00)"));
-    }
-    Ok(())
-}
-
 /// `axum::extract::Query` whose rejections are problems.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        refuse_nul_in_target(parts)?;
-        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
-        Ok(Self(value))
-    }
-}
-
 /// `axum::extract::Path` whose rejections are problems.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct ApiPath<T>(pub T);
-
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        refuse_nul_in_target(parts)?;
-        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
-        Ok(Self(value))
-    }
-}
 
 impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
     fn into_response(self) -> Response {

@@ -68,7 +68,9 @@ fn unit_from(headers: &HeaderMap, body: &SearchRequest) -> Result<Option<String>
     let header = match headers.get(UNIT_HEADER) {
         None => None,
         Some(value) => match value.to_str() {
-            Ok(unit) if !unit.is_empty() && unit.len() <= 256 => Some(unit.to_string()),
+            Ok(unit) if !unit.is_empty() && unit.len() <= 256 && !unit.chars().any(char::is_control) => {
+                Some(unit.to_string())
+            }
             _ => return Err(ApiError::invalid("the X-Duet-Unit header must be 1-256 visible ASCII characters")),
         },
     };

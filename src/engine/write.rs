@@ -114,6 +114,10 @@ impl Engine {
 
     /// Deletes a document from the store and every index; returns whether it existed.
     pub async fn delete(self: &Arc<Self>, id: &str) -> Result<bool, EngineError> {
+        if id.contains('\0') {
+            // Never stored (ids have no control characters); PostgreSQL cannot even be asked.
+            return Ok(false);
+        }
         self.check_store()?;
         write_targets(self)?;
         let (engine, id) = (self.clone(), id.to_string());

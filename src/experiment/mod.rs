@@ -232,8 +232,8 @@ pub fn validate(new: &NewExperiment, models: &[String]) -> Result<Vec<Arm>, Expe
         }
     }
     if let Some(salt) = &new.salt {
-        if salt.is_empty() || salt.len() > 128 {
-            return invalid("`salt` must be 1-128 characters".into());
+        if salt.is_empty() || salt.len() > 128 || salt.contains('\0') {
+            return invalid("`salt` must be 1-128 characters, without NUL".into());
         }
     }
     let mut arms: Vec<Arm> = Vec::with_capacity(new.arms.len());
@@ -475,6 +475,10 @@ impl Experiments {
 
     /// Records a feedback event after checking that the request was logged and showed the document.
     pub async fn feedback(&self, feedback: Feedback) -> Result<FeedbackReceipt, ExperimentError> {
+        if feedback.request_id.contains('\0') {
+            // No request id has one (they are UUIDs or header values), and PostgreSQL cannot even be asked.
+            return Err(ExperimentError::UnknownRequest(feedback.request_id));
+        }
         let mut shown = self.store.shown(&feedback.request_id).await?;
         if shown.is_none() {
             // The exposure may still be queued: write the queue out and look again. (The wait is bounded: while

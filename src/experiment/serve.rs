@@ -360,9 +360,9 @@ fn log_exposure(
         request_id: request_id.to_string(),
         experiment_id: experiment.id.clone(),
         experiment_name: experiment.name.clone(),
-        unit_id: unit_id.to_string(),
+        unit_id: loggable(unit_id),
         arm: arm.map(str::to_string),
-        query: query.to_string(),
+        query: loggable(query),
         latency_ms: response.timings_ms.total_ms,
         items,
         versions,
@@ -426,4 +426,10 @@ mod tests {
         assert_eq!(snippet("short", 10), "short");
         assert_eq!(snippet("exact", 5), "exact");
     }
+}
+
+/// Text as the exposure log keeps it: a NUL character (which PostgreSQL's text cannot hold) becomes U+FFFD, so
+/// that one odd query cannot fail the batch it is written in.
+fn loggable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
