@@ -92,7 +92,8 @@ impl Engine {
         model.begin_backfill(missing + corrupt.len() as u64);
         let mut encoded = 0;
         let mut after: Option<String> = None;
-        loop {
+        // (Nothing missing: no need to look for it.)
+        while missing > 0 {
             let batch =
                 self.store.missing_embeddings(&info.name, &info.version, after.as_deref(), BATCH as u32).await?;
             let Some(last) = batch.last() else { break };

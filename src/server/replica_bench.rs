@@ -1,7 +1,8 @@
 //! The replica benchmark (`duet bench-replicas`), over a PostgreSQL store given by the caller:
 //!
 //! 1. **Replication lag**: two servers (A and B) in this process over the one store; documents are written to A
-//!    one at a time, and the time from A acknowledging each write to B holding it in its index is measured.
+//!    one at a time, each at a random moment of B's poll interval, and the time from A acknowledging each write
+//!    to B holding it in its index is measured.
 //! 2. **Import and start-up**: N documents with one stored embedding each (random unit vectors of the model's
 //!    dimension, under the model's name and version) are imported in batches through the store; then a fresh
 //!    server is opened over the store and timed until its index is ready (documents and vectors read from
@@ -108,7 +109,12 @@ async fn lag(settings: &ReplicaBenchSettings, progress: &impl Fn(&str)) -> anyho
     let name = a.engine.default_model();
     progress(&format!("two servers over the store; writing {} documents to A one at a time", settings.writes));
     let (mut lags, mut writes) = (Vec::with_capacity(settings.writes), Vec::with_capacity(settings.writes));
+    // Each write comes at a random moment of B's poll interval, as independent clients' writes do (back to back,
+    // every write would land just after B's read and wait a whole interval).
+    let mut rng = Rng::new(11);
+    let poll = Duration::from_millis(settings.replication.poll_ms);
     for i in 0..settings.writes {
+        tokio::time::sleep(poll.mul_f64(rng.uniform())).await;
         let id = format!("lag-{i}");
         let doc = NewDocument {
             id: id.clone(),
@@ -146,6 +152,17 @@ async fn startup(settings: &ReplicaBenchSettings, progress: &impl Fn(&str)) -> a
     let served = engine.model(&engine.default_model())?;
     let (model, version, dimension) = (served.info.name.clone(), served.info.version.clone(), served.info.dimension);
     let store = engine.store().clone();
+    // From an empty corpus: the lag phase's documents have no vector of this model, and encoding them would be
+    // measured as start-up.
+    loop {
+        let left = store.documents_after(None, 1000).await?;
+        if left.is_empty() {
+            break;
+        }
+        for d in &left {
+            store.delete(&d.id).await?;
+        }
+    }
     let n = settings.startup_documents;
     progress(&format!("importing {n} documents with a stored {dimension}-dimension vector of {model} {version}"));
     let mut rng = Rng::new(7);

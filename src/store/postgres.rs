@@ -70,7 +70,36 @@ impl PgStore {
             .await
             .map_err(|source| StoreError::Open { location: location.to_string(), source })?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        analyze_if_never_analyzed(&pool).await;
         Ok(Self { pool, origin: uuid::Uuid::new_v4().to_string() })
+    }
+}
+
+/// Tables loaded in bulk since they were last analysed (autovacuum gets to them within about a minute) have
+/// statistics of a much smaller table: the planner then plans the missing-embeddings anti-join as a nested loop
+/// over sequential scans — over 30 s instead of a fraction of one over 100k documents, past the statement
+/// timeout. A server starting right after an import (a fifth or more of the rows changed since the last
+/// analysis) analyses them first. A failure (e.g. a role that does not own the tables) only logs.
+async fn analyze_if_never_analyzed(pool: &PgPool) {
+    let stale: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_user_tables
+         WHERE relname IN ('documents', 'embeddings') AND schemaname = current_schema()
+           AND n_mod_since_analyze > 1000 AND n_mod_since_analyze * 5 > n_live_tup",
+    )
+    .fetch_all(pool)
+    .await;
+    for table in stale.unwrap_or_default() {
+        let started = std::time::Instant::now();
+        match sqlx::query(&format!("ANALYZE {table}")).execute(pool).await {
+            Ok(_) => tracing::info!(
+                table,
+                seconds = started.elapsed().as_secs_f64(),
+                "analysed a table changed in bulk since its last analysis"
+            ),
+            Err(err) => {
+                tracing::warn!(table, error = %err, "cannot analyse the table; queries may plan badly until autovacuum does")
+            }
+        }
     }
 }
 
