@@ -30,6 +30,10 @@ pub struct Args {
     /// Documents with a stored vector for the start-up phase (0 skips it).
     #[arg(long, env = "DUET_BENCH_STARTUP_DOCUMENTS", default_value_t = 100_000)]
     pub startup_documents: usize,
+    /// Another empty database for the start-up phase (default: --store; the lag phase's servers, still
+    /// finishing their work, would otherwise see its documents).
+    #[arg(long, env = "DUET_BENCH_STARTUP_STORE")]
+    pub startup_store: Option<String>,
     /// Documents per import batch.
     #[arg(long, env = "DUET_BENCH_BATCH", default_value_t = 1000)]
     pub batch: usize,
@@ -52,6 +56,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         startup_model: args.startup_model,
         startup_documents: args.startup_documents,
         batch: args.batch,
+        startup_store: args.startup_store,
         onnxruntime: args.onnxruntime,
     };
     let outcome = replica_bench::run(settings, |what| eprintln!("{what}")).await?;

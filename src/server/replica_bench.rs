@@ -38,6 +38,9 @@ pub struct ReplicaBenchSettings {
     pub startup_documents: usize,
     /// Documents per import batch.
     pub batch: usize,
+    /// A `postgres://` URL of another empty database for the start-up phase (else `store`): servers of the lag
+    /// phase serve another model and would encode its documents.
+    pub startup_store: Option<String>,
     pub onnxruntime: Option<PathBuf>,
 }
 
@@ -75,10 +78,10 @@ pub struct ReplicaBenchOutcome {
     pub startup: Option<StartupOutcome>,
 }
 
-fn config(settings: &ReplicaBenchSettings, model: &PathBuf) -> Config {
+fn config(settings: &ReplicaBenchSettings, model: &PathBuf, store: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("valid address"),
-        store: StoreLocation::Postgres(settings.store.clone()),
+        store: StoreLocation::Postgres(store.to_string()),
         postgres: settings.postgres,
         replication: settings.replication,
         onnxruntime: settings.onnxruntime.clone(),
@@ -99,8 +102,8 @@ pub async fn run(settings: ReplicaBenchSettings, progress: impl Fn(&str)) -> any
 }
 
 async fn lag(settings: &ReplicaBenchSettings, progress: &impl Fn(&str)) -> anyhow::Result<LagOutcome> {
-    let a = super::start(config(settings, &settings.lag_model)).await?;
-    let b = super::start(config(settings, &settings.lag_model)).await?;
+    let a = super::start(config(settings, &settings.lag_model, &settings.store)).await?;
+    let b = super::start(config(settings, &settings.lag_model, &settings.store)).await?;
     for server in [&a, &b] {
         while !server.engine.is_ready() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -136,6 +139,12 @@ async fn lag(settings: &ReplicaBenchSettings, progress: &impl Fn(&str)) -> anyho
     a.shutdown().await?;
     b.shutdown().await?;
     let (lags, writes) = (sorted(lags), sorted(writes));
+    progress(&format!(
+        "replication lag: p50 {:.1} ms, p99 {:.1} ms over {} writes",
+        ms(&lags, 0.5),
+        ms(&lags, 0.99),
+        settings.writes
+    ));
     Ok(LagOutcome {
         writes: settings.writes,
         poll_ms: settings.replication.poll_ms,
@@ -148,7 +157,8 @@ async fn lag(settings: &ReplicaBenchSettings, progress: &impl Fn(&str)) -> anyho
 }
 
 async fn startup(settings: &ReplicaBenchSettings, progress: &impl Fn(&str)) -> anyhow::Result<StartupOutcome> {
-    let engine = Engine::open(&config(settings, &settings.startup_model)).await?;
+    let store_url = settings.startup_store.as_deref().unwrap_or(&settings.store);
+    let engine = Engine::open(&config(settings, &settings.startup_model, store_url)).await?;
     let served = engine.model(&engine.default_model())?;
     let (model, version, dimension) = (served.info.name.clone(), served.info.version.clone(), served.info.dimension);
     let store = engine.store().clone();
@@ -198,7 +208,7 @@ async fn startup(settings: &ReplicaBenchSettings, progress: &impl Fn(&str)) -> a
     progress(&format!("imported in {import_seconds:.1} s; opening a fresh server over the store"));
 
     let started = Instant::now();
-    let engine = Engine::open(&config(settings, &settings.startup_model)).await?;
+    let engine = Engine::open(&config(settings, &settings.startup_model, store_url)).await?;
     let open_seconds = started.elapsed().as_secs_f64();
     let prepared = engine.prepare_indexes().await?;
     let ready_seconds = started.elapsed().as_secs_f64();
