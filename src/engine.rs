@@ -164,6 +164,8 @@ pub struct Engine {
     pub health: health::StoreHealth,
     /// The change-feed sequence read before the documents and indexes were loaded: following starts there.
     feed_start: std::sync::atomic::AtomicI64,
+    /// Set by [`Engine::close`]: changes from other servers still in flight are then dropped, not applied.
+    closed: std::sync::atomic::AtomicBool,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
 }
@@ -317,6 +319,7 @@ impl Engine {
             documents: documents::DocumentTable::default(),
             health: health::StoreHealth::new(metrics.clone()),
             feed_start: std::sync::atomic::AtomicI64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
             metrics,
             limits: config.limits,
         });
@@ -498,6 +501,7 @@ impl Engine {
 
     /// Stops accepting work and closes the store (after the writes in flight).
     pub async fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
         self.stop_changes();
         let _write = self.writes.lock().await;
         self.store.close().await;

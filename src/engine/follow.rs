@@ -38,6 +38,10 @@ impl Engine {
         // happens to the caller.
         tokio::spawn(async move {
             let _write = engine.writes.clone().lock_owned().await;
+            if engine.closed.load(Ordering::Acquire) {
+                // Stopping: the store is closed or closing; a restart reads the current state anyway.
+                return Ok(Applied::default());
+            }
             let targets = write_targets(&engine)?;
             let stored = engine.store.get_many(&ids).await?;
             let present: Vec<String> = ids.iter().filter(|id| stored.contains_key(*id)).cloned().collect();
