@@ -101,6 +101,19 @@ fn is_unavailable(err: &sqlx::Error) -> bool {
     }
 }
 
+/// A vector as both stores keep it: its f32 values, little-endian, one after the other.
+fn vector_to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The vector stored as `bytes` for document `id`.
+fn bytes_to_vector(id: &str, bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
+    if bytes.len() % 4 != 0 {
+        return Err(StoreError::Corrupt(format!("embedding of {id} has {} bytes, not a multiple of 4", bytes.len())));
+    }
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
 /// SHA-256 of a document's text, hex.
 pub fn content_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))

@@ -24,7 +24,7 @@ use super::records::{
     ArmOutcome, Document, Experiment, ExposureLatency, ExposureRecord, Fingerprint, InterleaveCounts, NewDocument,
     NewEmbedding, ShadowRecord, ShadowRow, Shown,
 };
-use super::{Change, ChangeKind, Store, StoreError};
+use super::{bytes_to_vector, vector_to_bytes, Change, ChangeKind, Store, StoreError};
 use crate::util::now;
 
 /// Rows per bulk statement: each column is one bound array, so the bind limit is far away; this keeps one
@@ -134,17 +134,6 @@ pub(super) async fn record_changes(
         .await?;
     }
     Ok(())
-}
-
-fn vector_to_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn bytes_to_vector(id: &str, bytes: &[u8]) -> Result<Vec<f32>, StoreError> {
-    if bytes.len() % 4 != 0 {
-        return Err(StoreError::Corrupt(format!("embedding of {id} has {} bytes, not a multiple of 4", bytes.len())));
-    }
-    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
 }
 
 fn metadata_of(id: &str, text: &str) -> Result<serde_json::Value, StoreError> {

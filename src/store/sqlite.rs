@@ -18,7 +18,7 @@ use super::records::{
     ArmOutcome, Document, Experiment, ExposureLatency, ExposureRecord, Fingerprint, InterleaveCounts, NewDocument,
     NewEmbedding, ShadowRecord, ShadowRow, Shown,
 };
-use super::{Change, ChangeKind, Store, StoreError};
+use super::{bytes_to_vector, vector_to_bytes, Change, ChangeKind, Store, StoreError};
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -47,17 +47,6 @@ pub(super) async fn record_changes(
 }
 
 use crate::util::now;
-
-fn vector_to_blob(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn blob_to_vector(id: &str, blob: &[u8]) -> Result<Vec<f32>, StoreError> {
-    if blob.len() % 4 != 0 {
-        return Err(StoreError::Corrupt(format!("embedding of {id} has {} bytes, not a multiple of 4", blob.len())));
-    }
-    Ok(blob.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-}
 
 fn document_from_row(row: &SqliteRow) -> Result<Document, StoreError> {
     let metadata: String = row.try_get("metadata")?;
@@ -120,7 +109,7 @@ async fn write_embeddings(
         .bind(&e.document_id)
         .bind(&e.content_hash)
         .bind(e.vector.len() as i64)
-        .bind(vector_to_blob(&e.vector))
+        .bind(vector_to_bytes(&e.vector))
         .bind(created_at)
         .execute(&mut **tx)
         .await?;
@@ -246,7 +235,7 @@ impl Store for SqliteStore {
                 let blob: &[u8] = row.try_get("vector")?;
                 // An unreadable blob comes back empty: of the wrong length, so the engine encodes it again
                 // instead of the whole model failing to load.
-                let vector = blob_to_vector(&id, blob).unwrap_or_default();
+                let vector = bytes_to_vector(&id, blob).unwrap_or_default();
                 Ok((id, vector))
             })
             .collect()
@@ -360,7 +349,7 @@ impl Store for SqliteStore {
             for row in query.build().fetch_all(&self.pool).await? {
                 let id: String = row.try_get("document_id")?;
                 let blob: &[u8] = row.try_get("vector")?;
-                let vector = blob_to_vector(&id, blob).unwrap_or_default();
+                let vector = bytes_to_vector(&id, blob).unwrap_or_default();
                 found.insert(id, vector);
             }
         }

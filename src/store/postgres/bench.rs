@@ -10,9 +10,10 @@ use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
-use super::{bytes_to_vector, vector_to_bytes, PgStore};
+use super::PgStore;
 use crate::store::location::{redact, PostgresSettings};
 use crate::store::records::{NewDocument, NewEmbedding};
+use crate::store::{bytes_to_vector, vector_to_bytes};
 use crate::store::{content_hash, Store, StoreError};
 use crate::util::rng::Rng;
 
