@@ -166,6 +166,8 @@ pub struct Engine {
     feed_start: std::sync::atomic::AtomicI64,
     /// Set by [`Engine::close`]: changes from other servers still in flight are then dropped, not applied.
     closed: std::sync::atomic::AtomicBool,
+    /// Commit tasks of writes (upserts, deletes) spawned and not yet finished.
+    commits_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
 }
@@ -320,6 +322,7 @@ impl Engine {
             health: health::StoreHealth::new(metrics.clone()),
             feed_start: std::sync::atomic::AtomicI64::new(0),
             closed: std::sync::atomic::AtomicBool::new(false),
+            commits_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             metrics,
             limits: config.limits,
         });
@@ -389,6 +392,11 @@ impl Engine {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Commit tasks of writes still running: they finish even when their request was abandoned.
+    pub fn commits_in_flight(&self) -> usize {
+        self.commits_in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Refuses a write at once while the store is known to be unreachable.

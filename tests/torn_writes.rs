@@ -93,9 +93,11 @@ async fn upserts_aborted_at_random_points_leave_store_and_indexes_in_agreement()
     let engine = server.server.engine.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let ids = loop {
+        // Once no commit task is left, nothing can land between the reads below.
+        let settled = engine.commits_in_flight() == 0;
         let ids = stored_ids(&store).await;
         let counts = model_counts(&server).await;
-        if counts.iter().all(|(_, n)| *n as usize == ids.len()) {
+        if settled && counts.iter().all(|(_, n)| *n as usize == ids.len()) {
             break ids;
         }
         assert!(Instant::now() < deadline, "store holds {} documents, indexes {counts:?}", ids.len());

@@ -15,6 +15,22 @@ use crate::encoder::Side;
 use crate::metrics::Metrics;
 use crate::store::{content_hash, NewDocument, NewEmbedding};
 
+/// Counts a commit task from its spawn to its end (whatever way it ends).
+struct CommitInFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl CommitInFlight {
+    fn new(engine: &Engine) -> Self {
+        engine.commits_in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(engine.commits_in_flight.clone())
+    }
+}
+
+impl Drop for CommitInFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// The models a write goes to: every serving model, once none is still preparing at start-up, and every version
 /// being prepared beside them; a failed model is left out (it is not served, and it encodes what it lacks when it
 /// next prepares).
@@ -79,7 +95,9 @@ impl Engine {
         let names = models.iter().map(|m| m.info.name.clone()).collect();
 
         let engine = self.clone();
+        let in_flight = CommitInFlight::new(self);
         let commit = tokio::spawn(async move {
+            let _in_flight = in_flight;
             let (store, metrics) = (engine.store.clone(), engine.metrics.clone());
             let _write = engine.writes.clone().lock_owned().await;
             let chosen: Vec<Arc<ServedModel>> = per_model.iter().map(|(m, _)| m.clone()).collect();
@@ -121,7 +139,9 @@ impl Engine {
         self.check_store()?;
         write_targets(self)?;
         let (engine, id) = (self.clone(), id.to_string());
+        let in_flight = CommitInFlight::new(self);
         let commit = tokio::spawn(async move {
+            let _in_flight = in_flight;
             let (store, metrics) = (engine.store.clone(), engine.metrics.clone());
             let _write = engine.writes.clone().lock_owned().await;
             // Chosen under the lock: every version serving or being prepared now forgets the document.
