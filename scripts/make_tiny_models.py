@@ -13,6 +13,10 @@ serving pipeline runs), but with a few KB of seeded random weights instead of hu
   ("sentence_embedding", pooling `output`): masked mean of E[ids] times W, plus a bias in the document tower.
 - models/tiny-encoder-v2: tiny-encoder re-seeded (same name, tokenizer and shape, other weights): a new version
   of the same model, for the tests that replace and roll back a model at run time.
+- models/tiny-encoder-int8: tiny-encoder dynamically quantised by models/quantize.py's `quantize()` (per-channel
+  int8; its embedding table, as it has no MatMul), with `quantized_from = "../tiny-encoder"`; and
+  tests/fixtures/tiny-encoder-int8-perturbed, the same from deliberately perturbed weights: `duet verify` must
+  accept the first and reject the second.
 
 It also writes tests/fixtures/expected_vectors.json: pooled vectors computed here with numpy, from an
 independent re-implementation of tokenization and pooling, that the Rust tests compare against.
@@ -20,10 +24,13 @@ independent re-implementation of tokenization and pooling, that the Rust tests c
 The shipped tokenizer.json files deliberately bake in `Fixed(16)` padding and truncation at 8 tokens, as real
 tokenizer.json files bake in 128: Duet must override both.
 
-Usage: .venv/bin/python scripts/make_tiny_models.py   (needs `onnx` and `numpy`, see scripts/requirements-dev.txt)
+Usage: .venv/bin/python scripts/make_tiny_models.py   (needs `onnx`, `numpy` and `onnxruntime`, see
+scripts/requirements-dev.txt)
 """
 import json
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +246,64 @@ def main():
     manifest = (enc_dir / "model.toml").read_text()
     (v2_dir / "model.toml").write_text(manifest.replace(
         "# A BERT-shaped encoder", "# Version 2 of tiny-encoder (re-seeded weights). A BERT-shaped encoder", 1))
+    build_int8_variants(enc_dir)
     print(f"wrote tiny models (vocab {len(words_list)} words, dim {DIM}) and {len(cases)} reference vectors")
+
+
+VERIFY_TEXTS = [
+    "sort a list of numbers",
+    "Hello",
+    "café naïve résumé ünïcödé",
+    "an unknownword, with punctuation!",
+    "how do i read a json file from disk and parse it into a dictionary quickly",
+    " ".join(["find the best way to search documents and sort the results by score"] * 6),
+]
+
+
+def build_int8_variants(enc_dir):
+    """tiny-encoder quantised as the real models are (models/quantize.py), faithfully and from perturbed weights."""
+    sys.path.insert(0, str(ROOT / "models"))
+    from dataclasses import replace
+
+    from quantize import VARIANTS, quantize, variant_manifest
+
+    # The settings of the real MiniLM variant (the tiny graph's only weights are its embedding tables).
+    variant = replace(VARIANTS[0], name="tiny-encoder-int8", source="tiny-encoder")
+    int8_dir = ROOT / "models" / variant.name
+    int8_dir.mkdir(parents=True, exist_ok=True)
+    quantize(enc_dir / "model.onnx", int8_dir / "model.onnx", variant.weight_type, variant.op_types,
+             variant.per_channel, variant.keep_down_projections)
+    save(onnx.load(str(int8_dir / "model.onnx")), int8_dir / "model.onnx")
+    (int8_dir / "tokenizer.json").write_bytes((enc_dir / "tokenizer.json").read_bytes())
+    manifest = variant_manifest((enc_dir / "model.toml").read_text(), variant, "scripts/make_tiny_models.py")
+    (int8_dir / "model.toml").write_text(manifest)
+    # The texts `duet verify` encodes with both models (the fp32 model gives the expected vectors).
+    write_json(int8_dir / "reference.json", {"side": "document", "texts": VERIFY_TEXTS})
+
+    # The unfaithful one: the embedding table moved by noise of 0.6 times its own scale, then quantised the same way.
+    bad_dir = ROOT / "tests" / "fixtures" / "tiny-encoder-int8-perturbed"
+    bad_dir.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(enc_dir / "model.onnx"))
+    rng = np.random.default_rng(SEED + 8)
+    for init in model.graph.initializer:
+        if init.name == "emb":
+            emb = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(
+                (emb + rng.normal(0, 0.6, emb.shape)).astype(np.float32), "emb"))
+    with tempfile.TemporaryDirectory() as tmp:
+        perturbed = Path(tmp) / "perturbed.onnx"
+        save(model, perturbed)
+        quantize(perturbed, bad_dir / "model.onnx", variant.weight_type, variant.op_types, variant.per_channel,
+                 variant.keep_down_projections)
+    save(onnx.load(str(bad_dir / "model.onnx")), bad_dir / "model.onnx")
+    bad = variant_manifest((enc_dir / "model.toml").read_text(), replace(variant, name="tiny-encoder-int8-perturbed"),
+                           "scripts/make_tiny_models.py")
+    bad = bad.replace('tokenizer = "tokenizer.json"', 'tokenizer = "../../../models/tiny-encoder/tokenizer.json"')
+    bad = bad.replace('quantized_from = "../tiny-encoder"', 'quantized_from = "../../../models/tiny-encoder"')
+    write_json(bad_dir / "reference.json", {"side": "document", "texts": VERIFY_TEXTS})
+    (bad_dir / "model.toml").write_text(
+        "# Deliberately unfaithful: quantised from perturbed weights (tests/verify.rs expects `duet verify` to fail).\n"
+        + bad)
 
 
 if __name__ == "__main__":

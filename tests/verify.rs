@@ -43,3 +43,45 @@ fn verify_accepts_a_faithful_pipeline_and_rejects_a_wrong_one() {
     std::fs::write(&query, json!({"side": "query", "texts": texts, "vectors": vectors}).to_string()).unwrap();
     assert!(!duet::encoder::verify::verify(&model, Some(&query), None).unwrap().passed);
 }
+
+#[test]
+fn an_int8_variant_is_held_to_its_fp32_model() {
+    use duet::encoder::verify::{verify, QUANTIZED_MIN_COSINE};
+
+    // Quantised as models/prepare quantises the real models: close to tiny-encoder on every text.
+    let faithful = verify(&repo().join("models/tiny-encoder-int8"), None, None).unwrap();
+    assert!(faithful.passed, "{faithful}");
+    assert_eq!(faithful.min_cosine, QUANTIZED_MIN_COSINE);
+    assert!(faithful.against.contains("fp32 model tiny-encoder"), "{}", faithful.against);
+    assert_eq!(faithful.checks.len(), 6);
+    assert!(faithful.lowest >= QUANTIZED_MIN_COSINE && faithful.mean >= faithful.lowest && faithful.mean <= 1.0 + 1e-9);
+    assert!(faithful.failure().is_none());
+    assert!(faithful.to_string().contains("verified"));
+
+    // Quantised from perturbed weights: it loads and encodes, but drifts from the model it claims to come from.
+    let perturbed = verify(&repo().join("tests/fixtures/tiny-encoder-int8-perturbed"), None, None).unwrap();
+    assert!(!perturbed.passed, "{perturbed}");
+    assert!(perturbed.lowest < QUANTIZED_MIN_COSINE);
+    let failure = perturbed.failure().unwrap();
+    assert!(failure.contains("tiny-encoder-int8-perturbed") && failure.contains("below the floor 0.99"), "{failure}");
+}
+
+#[test]
+fn duet_verify_exits_non_zero_naming_the_floor_for_an_unfaithful_variant() {
+    let run = |model: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_duet"))
+            .args(["verify", "--model"])
+            .arg(repo().join(model))
+            .output()
+            .unwrap()
+    };
+    let good = run("models/tiny-encoder-int8");
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{stdout}{}", String::from_utf8_lossy(&good.stderr));
+    assert!(stdout.contains("lowest cosine") && stdout.contains("tiny-encoder-int8: verified"), "{stdout}");
+
+    let bad = run("tests/fixtures/tiny-encoder-int8-perturbed");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("its fp32 model tiny-encoder") && stderr.contains("below the floor 0.99"), "{stderr}");
+}

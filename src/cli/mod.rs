@@ -47,7 +47,8 @@ pub enum Command {
     /// Import a JSONL corpus ({"id","text","metadata"?} per line) into the store, encoded by every model.
     Import(import::Args),
     /// Check a model folder against its reference vectors (reference.json): Duet's tokenizer, ONNX Runtime and
-    /// pooling must reproduce them (cosine >= min_cosine), batched and one by one.
+    /// pooling must reproduce them (cosine >= min_cosine), batched and one by one. A quantised variant (int8) is
+    /// compared with its fp32 model on the same texts instead (cosine >= 0.99).
     Verify(verify::Args),
     /// Measure a model's encoding throughput on a corpus (documents per second, by batch size and threads).
     BenchEncode(bench::Args),

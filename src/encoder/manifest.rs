@@ -104,6 +104,9 @@ pub struct Manifest {
     pub tokenizer: Option<PathBuf>,
     pub query_tokenizer: Option<PathBuf>,
     pub document_tokenizer: Option<PathBuf>,
+    /// A quantised variant (e.g. int8): the folder of the full-precision model it was made from, relative to
+    /// this folder (`"../minilm"`). Serving does not need it; `duet verify` compares the two.
+    pub quantized_from: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -218,6 +221,11 @@ impl Manifest {
 }
 
 impl ResolvedManifest {
+    /// The full-precision model folder a quantised variant was made from (`quantized_from`, resolved).
+    pub fn quantized_from(&self) -> Option<PathBuf> {
+        self.manifest.quantized_from.as_ref().map(|p| self.dir.join(p))
+    }
+
     /// Every file the model is made of, without repeats, in a stable order.
     pub fn files(&self) -> Vec<&Path> {
         let files: [&Path; 4] =
