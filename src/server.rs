@@ -9,9 +9,11 @@
 
 mod conn;
 mod edge;
+pub mod load_bench;
 pub mod reload;
 pub mod replica_bench;
 mod replication;
+pub mod restart_bench;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

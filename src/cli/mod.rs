@@ -5,6 +5,8 @@
 
 pub mod bench;
 pub mod bench_replicas;
+pub mod bench_restart;
+pub mod bench_search;
 pub mod bench_store;
 pub mod bench_swap;
 #[cfg(feature = "offline-eval")]
@@ -57,6 +59,12 @@ pub enum Command {
     BenchSwap(bench_swap::Args),
     /// Replication lag between two servers over one PostgreSQL store, and start-up over N stored vectors.
     BenchReplicas(bench_replicas::Args),
+    /// `/v1/search` from 1, 8, 32 and 128 concurrent clients against the same engine in process (p50 / p99 /
+    /// QPS), and an open-loop overload at twice the capacity against a small encoding queue.
+    BenchSearch(Box<bench_search::Args>),
+    /// Restart time and memory of `duet serve` over N stored documents with their vectors (the store is filled
+    /// first through the store API; nothing is encoded).
+    BenchRestart(bench_restart::Args),
     /// On a PostgreSQL server: start-up load of stored vectors as bytea versus real[], and the bulk import rate
     /// of documents with embeddings through the store (in a database of its own, dropped at the end).
     BenchStore(bench_store::Args),
@@ -90,7 +98,10 @@ impl Command {
             | Command::BenchEncode(_)
             | Command::BenchSwap(_)
             | Command::BenchReplicas(_)
+            | Command::BenchRestart(_)
             | Command::Simulate(_) => "warn",
+            // The server runs in process: its log of every refused (503) request would cost more than the refusal.
+            Command::BenchSearch(_) => "warn,tower_http=off",
             // The benchmark's own statements are slow by design: sqlx's slow-statement warnings would bury it.
             Command::BenchStore(_) => "warn,sqlx::query=error",
             #[cfg(feature = "offline-eval")]
@@ -111,6 +122,8 @@ impl Command {
             Command::BenchEncode(args) => bench::run(args),
             Command::BenchSwap(args) => bench_swap::run(args).await,
             Command::BenchReplicas(args) => bench_replicas::run(args).await,
+            Command::BenchSearch(args) => bench_search::run(*args).await,
+            Command::BenchRestart(args) => bench_restart::run(args).await,
             Command::BenchStore(args) => bench_store::run(args).await,
             #[cfg(feature = "offline-eval")]
             Command::Eval(args) => eval::run(*args).await,
