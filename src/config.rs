@@ -81,6 +81,43 @@ pub struct Config {
     /// API keys, open operational endpoints, the Host allow-list and CORS (`[auth]`).
     #[serde(default)]
     pub auth: AuthSettings,
+    /// Graph snapshots (`[index]`).
+    #[serde(default)]
+    pub index: IndexSettings,
+}
+
+/// Graph snapshots (`[index]`): each model's graph is saved after it is built and at shutdown, and loaded at
+/// start-up when it still matches the store (else rebuilt).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexSettings {
+    /// Whether snapshots are written and loaded.
+    pub snapshots: bool,
+    /// Where they live (default: `<SQLite file>.snapshots` beside the database; none for PostgreSQL unless set).
+    pub snapshot_dir: Option<PathBuf>,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self { snapshots: true, snapshot_dir: None }
+    }
+}
+
+impl Config {
+    /// The folder graph snapshots are written to and read from, if any.
+    pub fn snapshot_dir(&self) -> Option<PathBuf> {
+        if !self.index.snapshots {
+            return None;
+        }
+        match (&self.index.snapshot_dir, &self.store) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, StoreLocation::Sqlite(path)) => {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                Some(path.with_file_name(format!("{name}.snapshots")))
+            }
+            (None, _) => None,
+        }
+    }
 }
 
 /// Following the change feed of a shared store (`[replication]`): documents, experiments and the default model
@@ -314,6 +351,7 @@ impl Default for Config {
             eval: EvalSettings::default(),
             http: HttpSettings::default(),
             auth: AuthSettings::default(),
+            index: IndexSettings::default(),
         }
     }
 }
@@ -334,6 +372,9 @@ impl Config {
             resolve(path);
         }
         resolve(&mut config.models_dir);
+        if let Some(p) = config.index.snapshot_dir.as_mut() {
+            resolve(p);
+        }
         config.source = Some(path.to_path_buf());
         if let Some(p) = config.onnxruntime.as_mut() {
             resolve(p);
@@ -396,12 +437,8 @@ impl Config {
         }
         self.auth.validate(self.listen)?;
         for m in &self.models {
-            let p = &m.index;
-            if p.m < 2 || p.m > 255 || p.ef_construction == 0 || p.ef_search == 0 {
-                return Err(ConfigError::Invalid(format!(
-                    "{}: index m must be 2..=255 and ef_construction, ef_search positive",
-                    m.path.display()
-                )));
+            if let Some(problem) = m.index.problem() {
+                return Err(ConfigError::Invalid(format!("{}: {problem}", m.path.display())));
             }
         }
         Ok(())

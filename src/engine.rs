@@ -19,6 +19,7 @@ pub mod health;
 mod lifecycle;
 mod model;
 mod prepare;
+mod snapshots;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -170,6 +171,8 @@ pub struct Engine {
     commits_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Graph snapshots, when a folder for them is configured.
+    snapshots: Option<snapshots::Snapshots>,
 }
 
 /// Checks a document against the limits; the message is meant for the client.
@@ -307,7 +310,15 @@ impl Engine {
                 .cloned()
                 .unwrap_or_default(),
         };
+        let (snapshots, rebuilt) = match config.snapshot_dir() {
+            Some(dir) => {
+                let (snapshots, rebuilt) = snapshots::Snapshots::new(dir);
+                (Some(snapshots), Some(rebuilt))
+            }
+            None => (None, None),
+        };
         let engine = Arc::new(Self {
+            snapshots,
             store,
             models: RwLock::new(Arc::new(models)),
             candidates: RwLock::new(Arc::new(BTreeMap::new())),
@@ -328,6 +339,9 @@ impl Engine {
         });
         for model in engine.models().values() {
             engine.set_state_gauge(&model.info.name, &model.info.version, VersionState::Ready);
+        }
+        if let Some(rebuilt) = rebuilt {
+            engine.start_snapshot_writer(rebuilt);
         }
         Ok(engine)
     }
@@ -512,6 +526,7 @@ impl Engine {
         self.closed.store(true, std::sync::atomic::Ordering::Release);
         self.stop_changes();
         let _write = self.writes.lock().await;
+        self.write_snapshots_locked().await;
         self.store.close().await;
     }
 }

@@ -1,5 +1,7 @@
 //! The vector index of one model: cosine similarity over L2-normalised vectors, answered exactly (brute force)
-//! while the index is small and by an HNSW graph (`hnsw_rs`) once it holds `exact_below` documents or more.
+//! while the index is small and by an HNSW graph (`usearch` by default, or `hnsw_rs`: [`graph::AnnGraph`]) once it
+//! holds `exact_below` documents or more. Each vector is held once: in a flat array while there is no graph, in
+//! the graph once there is one (exact searches and rebuilds read them back from it).
 //!
 //! Writes are visible to the next search. A replaced or deleted document is marked dead at once and filtered
 //! out of HNSW results; when dead entries pile up, [`VectorIndex::rebuild_graph`] builds a fresh graph off the
@@ -16,14 +18,22 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use hnsw_rs::filter::FilterT;
-use hnsw_rs::prelude::{DistDot, Hnsw};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::util::normalize;
+
+mod exact;
+pub mod graph;
+mod hnsw;
+pub mod snapshot;
+mod unum;
+
+use exact::exact_top_k;
+pub use exact::recall;
+pub use graph::{AnnGraph, Backend, GraphError, GraphSpec, Precision};
 
 /// Per-model index settings (`[models.index]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -39,11 +49,36 @@ pub struct IndexParams {
     pub exact_below: usize,
     /// Rebuild the graph once this fraction of its entries are dead (deleted or replaced).
     pub rebuild_dead_fraction: f64,
+    /// The graph library.
+    pub backend: Backend,
+    /// How the graph stores vectors (f16 and i8 need `usearch`).
+    pub precision: Precision,
 }
 
 impl Default for IndexParams {
     fn default() -> Self {
-        Self { m: 16, ef_construction: 200, ef_search: 64, exact_below: 2000, rebuild_dead_fraction: 0.2 }
+        Self {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 64,
+            exact_below: 2000,
+            rebuild_dead_fraction: 0.2,
+            backend: Backend::default(),
+            precision: Precision::default(),
+        }
+    }
+}
+
+impl IndexParams {
+    /// Why these settings cannot be used, if they cannot.
+    pub fn problem(&self) -> Option<String> {
+        if self.m < 2 || self.m > 255 || self.ef_construction == 0 || self.ef_search == 0 {
+            return Some("index m must be 2..=255 and ef_construction, ef_search positive".into());
+        }
+        if self.backend == Backend::HnswRs && self.precision != Precision::F32 {
+            return Some(format!("index backend hnsw_rs stores f32 vectors only, not {}", self.precision.as_str()));
+        }
+        None
     }
 }
 
@@ -87,7 +122,7 @@ pub enum IndexError {
     NonFinite { id: String },
 }
 
-type Graph = Hnsw<'static, f32, DistDot>;
+type Graph = Arc<dyn AnnGraph>;
 
 /// Dead slots tolerated in exact mode regardless of the live count, so tiny indexes do not compact on every write.
 const MIN_DEAD_BEFORE_COMPACTION: usize = 64;
@@ -95,20 +130,45 @@ const MIN_DEAD_BEFORE_COMPACTION: usize = 64;
 struct Inner {
     /// Slot → document id.
     ids: Vec<Arc<str>>,
-    /// Slot → normalised vector, `dim` floats per slot.
+    /// Slot → normalised vector, `dim` floats per slot, while there is no graph (empty once there is one: the
+    /// graph holds the vectors then).
     vectors: Vec<f32>,
     /// Whether the slot is the current vector of its id. New slots start dead and come alive together with the
     /// retirement of the slots they replace, once they are linked into the graph.
     alive: Vec<bool>,
     by_id: HashMap<Arc<str>, usize>,
     /// When present, every slot is in it (or being linked in by the writer that holds the writer lock).
-    graph: Option<Arc<Graph>>,
+    graph: Option<Graph>,
 }
 
 impl Inner {
+    /// A slot's vector from the flat array (no graph).
     fn vector(&self, slot: usize, dim: usize) -> &[f32] {
         &self.vectors[slot * dim..(slot + 1) * dim]
     }
+
+    /// Calls `visit` with the vector of each slot, wherever it is held (in no set order with a graph).
+    fn visit(&self, slots: &[usize], dim: usize, visit: &mut dyn FnMut(usize, &[f32])) {
+        match &self.graph {
+            Some(graph) => graph.visit(slots, visit),
+            None => slots.iter().for_each(|&s| visit(s, self.vector(s, dim))),
+        }
+    }
+
+    /// Copies of the given slots' ids and vectors, in the order given.
+    fn rows(&self, slots: &[usize], dim: usize) -> Vec<(Arc<str>, Vec<f32>)> {
+        let position: HashMap<usize, usize> = slots.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+        let mut rows: Vec<(Arc<str>, Vec<f32>)> = slots.iter().map(|&s| (self.ids[s].clone(), Vec::new())).collect();
+        self.visit(slots, dim, &mut |slot, v| rows[position[&slot]].1 = v.to_vec());
+        rows
+    }
+}
+
+/// What a snapshot keeps of an index with a graph: its slots (renumbered as the graph knows them) and the graph.
+pub struct Exported {
+    pub ids: Vec<Arc<str>>,
+    pub alive: Vec<bool>,
+    pub graph: Vec<u8>,
 }
 
 /// The counts readers need, kept outside the lock.
@@ -137,12 +197,15 @@ impl Compacted {
         }
     }
 
-    fn push(&mut self, id: Arc<str>, vector: &[f32], alive: bool) {
+    /// A slot; its vector is kept here only when given (without a graph).
+    fn push(&mut self, id: Arc<str>, vector: Option<&[f32]>, alive: bool) {
         if alive {
             self.by_id.insert(id.clone(), self.ids.len());
         }
         self.ids.push(id);
-        self.vectors.extend_from_slice(vector);
+        if let Some(vector) = vector {
+            self.vectors.extend_from_slice(vector);
+        }
         self.alive.push(alive);
     }
 }
@@ -155,6 +218,8 @@ pub struct VectorIndex {
     inner: RwLock<Inner>,
     counts: Counts,
     rebuilding: AtomicBool,
+    /// Called on the rebuilding thread each time a new graph has been swapped in.
+    on_graph_built: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl VectorIndex {
@@ -172,7 +237,13 @@ impl VectorIndex {
             }),
             counts: Counts::default(),
             rebuilding: AtomicBool::new(false),
+            on_graph_built: OnceLock::new(),
         }
+    }
+
+    /// Sets what is called each time a rebuilt graph has been swapped in (once; later calls are ignored).
+    pub fn on_graph_built(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_graph_built.set(Box::new(hook));
     }
 
     pub fn params(&self) -> &IndexParams {
@@ -249,9 +320,12 @@ impl VectorIndex {
         let (first, graph) = {
             let mut inner = self.inner.write();
             let first = inner.ids.len();
+            let flat = inner.graph.is_none();
             for (id, vector) in &items {
                 inner.ids.push(id.clone());
-                inner.vectors.extend_from_slice(vector);
+                if flat {
+                    inner.vectors.extend_from_slice(vector);
+                }
                 inner.alive.push(false);
             }
             self.publish_counts(&inner);
@@ -259,13 +333,9 @@ impl VectorIndex {
         };
         // 2. Linked into the graph with no lock held: searches go on meanwhile.
         if let Some(graph) = graph {
-            let rows: Vec<(&[f32], usize)> =
-                items.iter().enumerate().map(|(i, (_, v))| (v.as_slice(), first + i)).collect();
-            if rows.len() > 16 {
-                graph.parallel_insert_slice(&rows);
-            } else {
-                rows.iter().for_each(|row| graph.insert_slice(*row));
-            }
+            let rows: Vec<(usize, &[f32])> =
+                items.iter().enumerate().map(|(i, (_, v))| (first + i, v.as_slice())).collect();
+            graph.insert(&rows);
         }
         // 3. The switch: new slots alive, replaced ones dead, in one step.
         {
@@ -317,7 +387,7 @@ impl VectorIndex {
             let inner = self.inner.read();
             let mut compacted = Compacted::with_capacity(inner.by_id.len(), self.dim);
             for slot in (0..inner.ids.len()).filter(|&s| inner.alive[s]) {
-                compacted.push(inner.ids[slot].clone(), inner.vector(slot, self.dim), true);
+                compacted.push(inner.ids[slot].clone(), Some(inner.vector(slot, self.dim)), true);
             }
             compacted
         };
@@ -349,12 +419,19 @@ impl VectorIndex {
         }
         // Writes made while a rebuild runs may call for another one, which they could not start themselves.
         loop {
-            self.rebuild_once();
+            if let Err(err) = self.rebuild_once() {
+                // Only a backend that cannot be built (settings checked at start-up) gets here.
+                tracing::error!(error = %err, "building the graph failed; searches stay exact");
+                break;
+            }
             if !self.needs_rebuild() {
                 break;
             }
         }
         self.rebuilding.store(false, Ordering::Release);
+        if let Some(hook) = self.on_graph_built.get() {
+            hook();
+        }
         if self.needs_rebuild() {
             // A write slipped in between the last check and the reset of the flag.
             self.rebuild_graph();
@@ -362,21 +439,18 @@ impl VectorIndex {
         true
     }
 
-    fn rebuild_once(&self) {
+    fn rebuild_once(&self) -> Result<(), GraphError> {
         // 1. A copy of the live slots, under the writer lock so that no compaction renumbers them meanwhile.
         let (snapshot_len, rows): (usize, Vec<(Arc<str>, Vec<f32>)>) = {
             let _writer = self.writer.lock();
             let inner = self.inner.read();
-            let rows = (0..inner.ids.len())
-                .filter(|&s| inner.alive[s])
-                .map(|s| (inner.ids[s].clone(), inner.vector(s, self.dim).to_vec()))
-                .collect();
-            (inner.ids.len(), rows)
+            let live: Vec<usize> = (0..inner.ids.len()).filter(|&s| inner.alive[s]).collect();
+            (inner.ids.len(), inner.rows(&live, self.dim))
         };
         // 2. The graph over them, numbered 0.., off every lock (writes go on into the old graph).
-        let graph = self.new_graph(rows.len());
-        let refs: Vec<(&[f32], usize)> = rows.iter().enumerate().map(|(i, (_, v))| (v.as_slice(), i)).collect();
-        graph.parallel_insert_slice(&refs);
+        let graph = self.new_graph(rows.len())?;
+        let refs: Vec<(usize, &[f32])> = rows.iter().enumerate().map(|(i, (_, v))| (i, v.as_slice())).collect();
+        graph.insert(&refs);
         drop(refs);
 
         // 3. With writers held off: what was written since the snapshot joins the new graph (searches go on), then
@@ -384,47 +458,82 @@ impl VectorIndex {
         let _writer = self.writer.lock();
         let (appended, snapshot_alive): (Vec<(Arc<str>, Vec<f32>)>, Vec<bool>) = {
             let inner = self.inner.read();
-            let appended = (snapshot_len..inner.ids.len())
-                .filter(|&s| inner.alive[s])
-                .map(|s| (inner.ids[s].clone(), inner.vector(s, self.dim).to_vec()))
-                .collect();
+            let fresh: Vec<usize> = (snapshot_len..inner.ids.len()).filter(|&s| inner.alive[s]).collect();
+            let appended = inner.rows(&fresh, self.dim);
             // A snapshot row is still alive when its id still points into the snapshot: a later write of the same
             // id has a slot past it (nothing renumbers slots while the rebuild runs).
             let snapshot_alive =
                 rows.iter().map(|(id, _)| inner.by_id.get(id).is_some_and(|&s| s < snapshot_len)).collect();
             (appended, snapshot_alive)
         };
-        let extra: Vec<(&[f32], usize)> =
-            appended.iter().enumerate().map(|(j, (_, v))| (v.as_slice(), rows.len() + j)).collect();
-        if extra.len() > 16 {
-            graph.parallel_insert_slice(&extra);
-        } else {
-            extra.iter().for_each(|row| graph.insert_slice(*row));
-        }
+        let extra: Vec<(usize, &[f32])> =
+            appended.iter().enumerate().map(|(j, (_, v))| (rows.len() + j, v.as_slice())).collect();
+        graph.insert(&extra);
         drop(extra);
-        let mut compacted = Compacted::with_capacity(rows.len() + appended.len(), self.dim);
-        for ((id, vector), alive) in rows.into_iter().zip(snapshot_alive) {
-            compacted.push(id, &vector, alive);
+        // The vectors now live in the new graph only.
+        let mut compacted = Compacted::with_capacity(rows.len() + appended.len(), 0);
+        for ((id, _), alive) in rows.into_iter().zip(snapshot_alive) {
+            compacted.push(id, None, alive);
         }
-        for (id, vector) in appended {
-            compacted.push(id, &vector, true);
+        for (id, _) in appended {
+            compacted.push(id, None, true);
         }
         let Compacted { ids, vectors, alive, by_id } = compacted;
         let mut inner = self.inner.write();
         (inner.ids, inner.vectors, inner.alive, inner.by_id) = (ids, vectors, alive, by_id);
-        inner.graph = Some(Arc::new(graph));
+        inner.graph = Some(Arc::from(graph));
         self.publish_counts(&inner);
+        Ok(())
     }
 
-    fn new_graph(&self, expected: usize) -> Graph {
-        let max_layer = 16;
-        Hnsw::new(
-            self.params.m.clamp(2, 255),
-            expected.max(1024),
-            max_layer,
-            self.params.ef_construction.max(8),
-            DistDot,
-        )
+    fn spec(&self, expected: usize) -> GraphSpec {
+        GraphSpec {
+            dim: self.dim,
+            m: self.params.m,
+            ef_construction: self.params.ef_construction,
+            precision: self.params.precision,
+            expected,
+        }
+    }
+
+    fn new_graph(&self, expected: usize) -> Result<Box<dyn AnnGraph>, GraphError> {
+        graph::new_graph(self.params.backend, self.spec(expected))
+    }
+
+    /// Bytes held per live document: ids aside, the flat vectors without a graph, the graph's own count with one.
+    pub fn bytes_per_vector(&self) -> usize {
+        let inner = self.inner.read();
+        let held = match &inner.graph {
+            Some(graph) => graph.memory_bytes(),
+            None => inner.vectors.len() * 4,
+        };
+        held / inner.by_id.len().max(1)
+    }
+
+    /// The slots and graph as a snapshot keeps them; `None` without a graph. Writers are held off meanwhile (not
+    /// searches), so what is exported is the index at one instant.
+    pub fn export(&self) -> Result<Option<Exported>, GraphError> {
+        let _writer = self.writer.lock();
+        let (ids, alive, graph) = {
+            let inner = self.inner.read();
+            let Some(graph) = inner.graph.clone() else { return Ok(None) };
+            (inner.ids.clone(), inner.alive.clone(), graph)
+        };
+        Ok(Some(Exported { ids, alive, graph: graph.to_bytes()? }))
+    }
+
+    /// Replaces the index's content with an exported one (at start-up, before any write).
+    pub fn restore(&self, exported: Exported) -> Result<(), GraphError> {
+        let Exported { ids, alive, graph } = exported;
+        let graph = graph::graph_from_bytes(self.params.backend, self.spec(ids.len()), &graph)?;
+        let by_id: HashMap<Arc<str>, usize> =
+            ids.iter().zip(&alive).enumerate().filter(|(_, (_, &a))| a).map(|(s, (id, _))| (id.clone(), s)).collect();
+        let _writer = self.writer.lock();
+        let mut inner = self.inner.write();
+        (inner.ids, inner.vectors, inner.alive, inner.by_id) = (ids, Vec::new(), alive, by_id);
+        inner.graph = Some(Arc::from(graph));
+        self.publish_counts(&inner);
+        Ok(())
     }
 
     /// The `k` nearest live documents to `query` (normalised here). Exact below `exact_below` documents, when no
@@ -438,16 +547,16 @@ impl VectorIndex {
         match &inner.graph {
             Some(graph) if !exact && live >= self.params.exact_below => {
                 let ef = ef.unwrap_or(self.params.ef_search).max(k);
-                let alive = |id: &usize| inner.alive.get(*id).copied().unwrap_or(false);
+                let alive = |slot: usize| inner.alive.get(slot).copied().unwrap_or(false);
                 let found = if inner.ids.len() > live {
-                    graph.search_filter(&query, k, ef, Some(&alive as &dyn FilterT))
+                    graph.search(&query, k, ef, Some(&alive))
                 } else {
-                    graph.search(&query, k, ef)
+                    graph.search(&query, k, ef, None)
                 };
                 let hits = found
                     .into_iter()
-                    .filter(|n| alive(&n.d_id) && n.distance.is_finite())
-                    .map(|n| Hit { id: inner.ids[n.d_id].clone(), score: 1.0 - n.distance })
+                    .filter(|&(slot, score)| alive(slot) && score.is_finite())
+                    .map(|(slot, score)| Hit { id: inner.ids[slot].clone(), score })
                     .collect();
                 SearchOutcome { hits, method: SearchMethod::Hnsw, ef: Some(ef) }
             }
@@ -458,37 +567,7 @@ impl VectorIndex {
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn exact_top_k(inner: &Inner, dim: usize, query: &[f32], k: usize) -> Vec<Hit> {
-    let mut scored: Vec<(f32, usize)> = inner
-        .by_id
-        .values()
-        .map(|&slot| (dot(query, inner.vector(slot, dim)), slot))
-        .filter(|(score, _)| score.is_finite())
-        .collect();
-    let k = k.min(scored.len());
-    if k == 0 {
-        return Vec::new();
-    }
-    let by_score_then_id =
-        |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then_with(|| inner.ids[a.1].cmp(&inner.ids[b.1]));
-    scored.select_nth_unstable_by(k - 1, by_score_then_id);
-    scored.truncate(k);
-    scored.sort_by(by_score_then_id);
-    scored.into_iter().map(|(score, slot)| Hit { id: inner.ids[slot].clone(), score }).collect()
-}
-
-/// Fraction of `exact`'s ids that `approx` found (recall@k of one query).
-pub fn recall(approx: &[Hit], exact: &[Hit]) -> f64 {
-    if exact.is_empty() {
-        return 1.0;
-    }
-    let found = exact.iter().filter(|e| approx.iter().any(|a| a.id == e.id)).count();
-    found as f64 / exact.len() as f64
-}
-
+#[cfg(test)]
+mod backend_tests;
 #[cfg(test)]
 mod tests;

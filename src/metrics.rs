@@ -37,6 +37,7 @@ pub struct Metrics {
     pub index_deleted: IntGaugeVec,
     pub index_slots: IntGaugeVec,
     pub corrupt_embeddings: IntCounterVec,
+    pub index_snapshots: IntCounterVec,
     pub heavy_searches_refused: IntCounterVec,
     pub exposures: IntCounterVec,
     pub exposures_dropped: IntCounterVec,
@@ -220,6 +221,12 @@ impl Metrics {
                 "Stored embeddings found unusable at start-up (`problem`: non-finite, wrong-length) and encoded again.",
                 &["model", "problem"],
             ),
+            index_snapshots: counter(
+                "index_snapshots_total",
+                "Graph snapshots at start-up, by outcome: loaded, or rebuilt from the stored vectors because there \
+                 was none (rebuilt), it failed its checks (corrupt) or it no longer matched the store (stale).",
+                &["model", "outcome"],
+            ),
             heavy_searches_refused: counter(
                 "heavy_searches_refused_total",
                 "Exact or high-ef searches refused because max_heavy_searches were already running.",
@@ -363,7 +370,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 38, "one per field of Metrics");
+        assert_eq!(m.families.len(), 39, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and

@@ -4,6 +4,7 @@
 //! module; nothing imports it.
 
 pub mod bench;
+pub mod bench_index;
 pub mod bench_replicas;
 pub mod bench_restart;
 pub mod bench_search;
@@ -68,6 +69,9 @@ pub enum Command {
     /// On a PostgreSQL server: start-up load of stored vectors as bytea versus real[], and the bulk import rate
     /// of documents with embeddings through the store (in a database of its own, dropped at the end).
     BenchStore(bench_store::Args),
+    /// The vector index's graph backends on the same vectors: build time, bytes per vector, recall@k and
+    /// single-thread QPS at several ef (scripts/bench-index adds hnswlib side by side).
+    BenchIndex(bench_index::Args),
     /// Score models on held-out pairs (recall@k, MRR@10, nDCG@10; exact and HNSW search) through the same
     /// engine the server uses; embeddings are cached in a store per data set and sample.
     #[cfg(feature = "offline-eval")]
@@ -99,6 +103,7 @@ impl Command {
             | Command::BenchSwap(_)
             | Command::BenchReplicas(_)
             | Command::BenchRestart(_)
+            | Command::BenchIndex(_)
             | Command::Simulate(_) => "warn",
             // The server runs in process: its log of every refused (503) request would cost more than the refusal.
             Command::BenchSearch(_) => "warn,tower_http=off",
@@ -125,6 +130,7 @@ impl Command {
             Command::BenchSearch(args) => bench_search::run(*args).await,
             Command::BenchRestart(args) => bench_restart::run(args).await,
             Command::BenchStore(args) => bench_store::run(args).await,
+            Command::BenchIndex(args) => bench_index::run(args),
             #[cfg(feature = "offline-eval")]
             Command::Eval(args) => eval::run(*args).await,
             #[cfg(feature = "mine")]

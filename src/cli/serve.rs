@@ -31,6 +31,9 @@ pub struct ServerArgs {
     /// Model used when a request names none (default: the first one).
     #[arg(long, env = "DUET_DEFAULT_MODEL")]
     pub default_model: Option<String>,
+    /// Folder of graph snapshots (overrides the config's `[index] snapshot_dir`).
+    #[arg(long, env = "DUET_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -55,6 +58,9 @@ impl ServerArgs {
         }
         if let Some(name) = &self.default_model {
             config.default_model = Some(name.clone());
+        }
+        if let Some(dir) = &self.snapshot_dir {
+            config.index.snapshot_dir = Some(dir.clone());
         }
         Ok(config)
     }

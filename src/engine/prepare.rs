@@ -1,4 +1,5 @@
-//! Start-up: each model's index is filled from its stored embeddings, checked as they are read — a vector with a
+//! Start-up: each model's index is loaded from its graph snapshot when that still matches the store, or else
+//! filled from its stored embeddings, checked as they are read — a vector with a
 //! non-finite value or of the wrong length is logged, counted (`duet_corrupt_embeddings_total`) and encoded
 //! again rather than served or allowed to stop the model — then the documents without a usable embedding are
 //! encoded. Models are prepared one after the other; one that fails is marked failed (with the reason `/readyz`
@@ -49,7 +50,7 @@ impl Engine {
         let mut reports = Vec::new();
         let mut first_error = None;
         for model in self.models().values() {
-            match self.prepare_model(model).await {
+            match self.prepare_model(model, position).await {
                 Ok(report) => reports.push(report),
                 Err(err) => {
                     let reason = error_chain(&err);
@@ -63,11 +64,14 @@ impl Engine {
         first_error.map_or(Ok(reports), Err)
     }
 
-    async fn prepare_model(&self, model: &Arc<ServedModel>) -> Result<PreparedIndex, EngineError> {
+    async fn prepare_model(&self, model: &Arc<ServedModel>, position: i64) -> Result<PreparedIndex, EngineError> {
         let started = Instant::now();
         let info = &model.info;
         model.set_state(ModelState::Loading);
-        let mut stored = self.store.embeddings(&info.name, &info.version).await?;
+        self.watch_graph(model);
+        // A snapshot that matches the store holds the vectors and the graph: nothing to read or build.
+        let loaded = self.load_snapshot(model, position).await?;
+        let mut stored = if loaded { Vec::new() } else { self.store.embeddings(&info.name, &info.version).await? };
         let mut corrupt: Vec<String> = Vec::new();
         stored.retain(|(id, vector)| match unusable(vector, info.dimension) {
             None => true,
@@ -84,7 +88,7 @@ impl Engine {
             tracing::warn!(model = %info.name, count = corrupt.len(),
                 "stored embeddings with non-finite values or of the wrong length; encoding them again");
         }
-        let from_store = stored.len();
+        let from_store = if loaded { model.index.len() } else { stored.len() };
         let index = model.index.clone();
         blocking(move || index.upsert(stored)).await??;
 

@@ -32,6 +32,7 @@ pub async fn follow(engine: Arc<Engine>, experiments: Arc<Experiments>, settings
                 engine.health.mark_up();
                 reported_failure = false;
                 applied = position;
+                engine.note_applied(position);
                 if full {
                     continue;
                 }
