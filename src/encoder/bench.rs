@@ -164,14 +164,24 @@ pub fn bench_encode(options: &BenchOptions) -> Result<BenchReport, BenchError> {
                 query_cache: 0,
             };
             let handle = EncoderHandle::spawn_supervised(encoder, Some(rebuild), queue, Arc::new(Metrics::new()));
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-            runtime.block_on(async {
-                let warm: Vec<String> = texts[..texts.len().min(batch)].to_vec();
-                handle.encode_with(warm, options.side, Priority::Background).await?;
-                let started = Instant::now();
-                handle.encode_with(texts.clone(), options.side, Priority::Background).await?;
-                Ok::<_, EncoderError>(started.elapsed().as_secs_f64())
-            })?
+            // A runtime of its own, on a thread of its own (the command may run inside another runtime).
+            let timed = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let runtime =
+                            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                        runtime.block_on(async {
+                            let warm: Vec<String> = texts[..texts.len().min(batch)].to_vec();
+                            handle.encode_with(warm, options.side, Priority::Background).await?;
+                            let started = Instant::now();
+                            handle.encode_with(texts.clone(), options.side, Priority::Background).await?;
+                            Ok::<_, EncoderError>(started.elapsed().as_secs_f64())
+                        })
+                    })
+                    .join()
+                    .expect("the benchmark thread does not panic")
+            });
+            timed?
         }
     };
     let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
