@@ -286,24 +286,55 @@ impl Default for Limits {
 pub struct EncoderSettings {
     /// Most texts in one inference call.
     pub max_batch: usize,
-    /// Most requests waiting in a model's queue before new ones get 503.
+    /// Most tokens in one inference call, padding included (longest text × texts); a longer text goes alone.
+    pub max_batch_tokens: usize,
+    /// Most texts waiting in a model's queue before new requests get 503.
     pub queue_capacity: usize,
-    /// ONNX Runtime intra-op threads per session.
+    /// Most tokens waiting in a model's queue before new requests get 503.
+    pub max_queued_tokens: usize,
+    /// ONNX Runtime intra-op threads per live session.
     pub intra_threads: usize,
+    /// Background work (import, back-fill, evaluation) on a session and thread of its own, built when it comes.
+    pub bulk_session: bool,
+    /// The bulk session's intra-op threads; 0 is every available core.
+    pub bulk_threads: usize,
+    /// The bulk session's ONNX Runtime memory arena (off: memory goes back after each batch).
+    pub bulk_arena: bool,
+    /// Search query vectors cached per model version (least recently used dropped first); 0 caches none.
+    pub query_cache: usize,
 }
 
 impl Default for EncoderSettings {
     fn default() -> Self {
-        Self { max_batch: 32, queue_capacity: 256, intra_threads: 1 }
+        Self {
+            max_batch: 32,
+            max_batch_tokens: 8192,
+            queue_capacity: 4096,
+            max_queued_tokens: 262_144,
+            intra_threads: 1,
+            bulk_session: true,
+            bulk_threads: 0,
+            bulk_arena: false,
+            query_cache: 1024,
+        }
     }
 }
 
 impl EncoderSettings {
     pub fn queue(&self) -> QueueOptions {
-        QueueOptions { max_batch: self.max_batch, capacity: self.queue_capacity }
+        let bulk = SessionOptions { cpu_arena: self.bulk_arena, ..SessionOptions::bulk(self.bulk_threads) };
+        QueueOptions {
+            max_batch: self.max_batch,
+            max_batch_tokens: self.max_batch_tokens,
+            capacity: self.queue_capacity,
+            max_queued_tokens: self.max_queued_tokens,
+            session: self.session(),
+            bulk: self.bulk_session.then_some(bulk),
+            query_cache: self.query_cache,
+        }
     }
     pub fn session(&self) -> SessionOptions {
-        SessionOptions { intra_threads: self.intra_threads }
+        SessionOptions { intra_threads: self.intra_threads, ..SessionOptions::default() }
     }
 }
 

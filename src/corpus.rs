@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{validate_document, Engine, EngineError};
+use crate::engine::{validate_document, Engine, EngineError, Priority};
 use crate::store::{content_hash, NewDocument};
 use crate::util::fs::FileError;
 
@@ -132,7 +132,7 @@ pub async fn write_batch(
     }
     changed.sort_by(|a, b| a.id.cmp(&b.id));
     if !changed.is_empty() {
-        report.upserted += engine.upsert(changed).await?.upserted;
+        report.upserted += engine.upsert_with(changed, Priority::Background).await?.upserted;
     }
     Ok(())
 }

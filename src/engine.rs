@@ -449,7 +449,7 @@ impl Engine {
         // Taken before encoding, so that a refusal is immediate; released when the index search ends.
         let permit = self.heavy_search_permit(&model, &q)?;
         let started = Instant::now();
-        let encoded = model.encoder.encode_with(vec![q.query], Side::Query, q.priority).await?;
+        let encoded = model.encoder.encode_query(q.query, q.priority).await?;
         let encode_seconds = started.elapsed().as_secs_f64();
         let query_truncated = encoded.truncated.first().copied().unwrap_or(false);
         let vector = encoded.vectors.into_iter().next().unwrap_or_default();

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub model_rollbacks: IntCounterVec,
     pub encode_requests: IntCounterVec,
     pub truncated_inputs: IntCounterVec,
+    pub query_cache_hits: IntCounterVec,
+    pub query_cache_misses: IntCounterVec,
     pub search_duration: HistogramVec,
     pub documents: IntGaugeVec,
     pub index_deleted: IntGaugeVec,
@@ -148,7 +150,7 @@ impl Metrics {
             ),
             encode_queue_depth: gauge(
                 "encode_queue_depth",
-                "Requests waiting in the model's encoding queue.",
+                "Texts waiting in the model's encoding queue (tokenised, not yet in a batch).",
                 &["model"],
             ),
             encode_requests: counter(
@@ -197,6 +199,16 @@ impl Metrics {
                 "truncated_inputs_total",
                 "Texts cut at the model's max_tokens.",
                 &["model", "side"],
+            ),
+            query_cache_hits: counter(
+                "query_cache_hits_total",
+                "Search queries answered from the model version's query cache (no network run).",
+                &["model"],
+            ),
+            query_cache_misses: counter(
+                "query_cache_misses_total",
+                "Search queries not in the model version's query cache (encoded, then cached).",
+                &["model"],
             ),
             search_duration: histogram(
                 "search_duration_seconds",
@@ -370,7 +382,7 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 39, "one per field of Metrics");
+        assert_eq!(m.families.len(), 41, "one per field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and

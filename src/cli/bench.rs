@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use duet::encoder::bench::{bench_encode, BenchOptions};
+use duet::encoder::bench::{bench_encode, BenchOptions, BenchPath};
 use duet::encoder::Side;
 
 use super::RuntimeArgs;
@@ -12,6 +12,14 @@ use super::RuntimeArgs;
 pub enum SideArg {
     Query,
     Document,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PathArg {
+    /// The encoder in batches of --batch texts.
+    Direct,
+    /// One background request through the encoding queue and its bulk session (what an import gets).
+    Queue,
 }
 
 #[derive(ClapArgs)]
@@ -31,6 +39,21 @@ pub struct Args {
     /// ONNX Runtime intra-op threads.
     #[arg(long, env = "DUET_BENCH_THREADS", default_value_t = 2)]
     pub threads: usize,
+    /// Most padded tokens per inference call on the queue path.
+    #[arg(long, env = "DUET_BENCH_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// Keep the corpus order instead of sorting the texts by length (to compare).
+    #[arg(long, env = "DUET_BENCH_CORPUS_ORDER")]
+    pub corpus_order: bool,
+    /// Which way texts reach the network.
+    #[arg(long, env = "DUET_BENCH_PATH", value_enum, default_value = "direct")]
+    pub path: PathArg,
+    /// Texts encoded one at a time for the batch-1 latency (0: not measured).
+    #[arg(long, env = "DUET_BENCH_LATENCY_SAMPLES", default_value_t = 32)]
+    pub latency_samples: usize,
+    /// Print the report as JSON.
+    #[arg(long, env = "DUET_BENCH_JSON")]
+    pub json: bool,
     /// Which side (tower or prefix) to encode with.
     #[arg(long, env = "DUET_BENCH_SIDE", value_enum, default_value = "document")]
     pub side: SideArg,
@@ -48,10 +71,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         corpus: args.corpus,
         limit: args.limit,
         batch: args.batch,
+        max_batch_tokens: args.max_batch_tokens,
         threads: args.threads,
         side,
+        corpus_order: args.corpus_order,
+        path: match args.path {
+            PathArg::Direct => BenchPath::Direct,
+            PathArg::Queue => BenchPath::Queue,
+        },
+        latency_samples: args.latency_samples,
         onnxruntime: args.runtime.onnxruntime,
     })?;
-    println!("{report}");
+    match args.json {
+        true => println!("{}", serde_json::to_string(&report)?),
+        false => println!("{report}"),
+    }
     Ok(())
 }

@@ -1,14 +1,29 @@
-//! `duet bench-encode`: one model's encoding throughput on the first documents of a JSONL corpus, at a given
-//! batch size and thread count, outside the server (no queue, no index).
+//! `duet bench-encode`: one model's encoding throughput on the first documents of a JSONL corpus, outside the
+//! server (no index): tokens/s and texts/s over the texts sorted by length (or in corpus order, to compare), and
+//! batch-1 latency. Two paths: `direct` (the encoder in batches of `batch` texts, one session) and `queue` (the
+//! whole set as one background request through the encoding queue and its bulk session: what an import gets).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
 use super::onnx::{self, SessionOptions};
-use super::{runtime, EncoderError, Manifest, Side};
+use super::queue::{EncoderHandle, QueueOptions};
+use super::{runtime, EncoderError, Manifest, Priority, Side};
+use crate::metrics::Metrics;
 use crate::util::jsonl::{self, JsonlError};
+
+/// Which way texts reach the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchPath {
+    /// The encoder itself, in batches of `batch` texts.
+    Direct,
+    /// One background request through the queue, packed to `max_batch_tokens`, on the bulk session.
+    Queue,
+}
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -17,11 +32,18 @@ pub struct BenchOptions {
     pub corpus: PathBuf,
     /// Documents encoded (the corpus's first).
     pub limit: usize,
-    /// Texts per inference call.
+    /// Most texts per inference call.
     pub batch: usize,
+    /// Most padded tokens per inference call (the queue path).
+    pub max_batch_tokens: usize,
     /// ONNX Runtime intra-op threads.
     pub threads: usize,
     pub side: Side,
+    /// Keep the corpus order instead of sorting by length.
+    pub corpus_order: bool,
+    pub path: BenchPath,
+    /// Texts encoded one at a time for the batch-1 latency (0: not measured).
+    pub latency_samples: usize,
     pub onnxruntime: Option<PathBuf>,
 }
 
@@ -39,32 +61,47 @@ pub enum BenchError {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: String,
+    pub path: BenchPath,
+    pub sorted: bool,
     pub texts: usize,
     pub mean_chars: usize,
+    /// Tokens of the texts (special tokens included, after truncation), padding not counted.
+    pub tokens: usize,
     pub truncated: usize,
     pub max_tokens: usize,
     pub batch: usize,
     pub threads: usize,
+    pub seconds: f64,
     pub texts_per_second: f64,
-    pub ms_per_batch: f64,
+    pub tokens_per_second: f64,
+    /// Batch-1 latency over `latency_samples` texts (median and 90th percentile), in ms.
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p90: Option<f64>,
 }
 
 impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} texts ({} chars on average, {} truncated at {} tokens), batch {}, {} threads: {:.1} texts/s, \
-             {:.0} ms per batch",
+            "{} ({:?} path, {}): {} texts ({} chars and {:.1} tokens on average, {} truncated at {} tokens), batch {}, \
+             {} threads: {:.1} texts/s, {:.0} tokens/s",
             self.model,
+            self.path,
+            if self.sorted { "sorted by length" } else { "corpus order" },
             self.texts,
             self.mean_chars,
+            self.tokens as f64 / self.texts as f64,
             self.truncated,
             self.max_tokens,
             self.batch,
             self.threads,
             self.texts_per_second,
-            self.ms_per_batch
-        )
+            self.tokens_per_second,
+        )?;
+        if let (Some(p50), Some(p90)) = (self.latency_ms_p50, self.latency_ms_p90) {
+            write!(f, "; batch-1 latency p50 {p50:.1} ms, p90 {p90:.1} ms")?;
+        }
+        Ok(())
     }
 }
 
@@ -83,30 +120,107 @@ fn texts(corpus: &Path, limit: usize) -> Result<Vec<String>, BenchError> {
     Ok(lines.into_iter().map(|l| l.text).collect())
 }
 
-/// Loads the model, encodes one warm-up batch, then times one pass over the texts.
+/// The `q`-quantile of sorted `values`.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Loads the model, encodes one warm-up batch, then times one pass over the texts (and the batch-1 latency).
 pub fn bench_encode(options: &BenchOptions) -> Result<BenchReport, BenchError> {
-    let texts = texts(&options.corpus, options.limit)?;
+    let mut texts = texts(&options.corpus, options.limit)?;
     let batch = options.batch.max(1);
     let resolved = Manifest::load(&options.model)?;
     let env = runtime::environment(options.onnxruntime.as_deref())?;
-    let encoder = onnx::load(&resolved, env, SessionOptions { intra_threads: options.threads })?;
-    encoder.encode(&texts[..texts.len().min(batch)], options.side)?;
-    let started = Instant::now();
-    let mut truncated = 0;
-    for chunk in texts.chunks(batch) {
-        truncated += encoder.encode(chunk, options.side)?.truncated_count();
+    let session = SessionOptions { intra_threads: options.threads, ..SessionOptions::default() };
+    let encoder = onnx::load(&resolved, env, session)?;
+    let tokens = encoder.tokenize(&texts, options.side)?;
+    let token_count: usize = tokens.iter().map(|t| t.len()).sum();
+    let truncated = tokens.iter().filter(|t| t.truncated).count();
+    if !options.corpus_order {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| tokens[i].len());
+        texts = order.into_iter().map(|i| std::mem::take(&mut texts[i])).collect();
     }
-    let seconds = started.elapsed().as_secs_f64();
+    let (name, max_tokens) = (encoder.info().name.clone(), encoder.info().max_tokens);
+    let latencies = batch_one_latency(encoder.as_ref(), &texts, options)?;
+    let seconds = match options.path {
+        BenchPath::Direct => {
+            encoder.encode(&texts[..texts.len().min(batch)], options.side)?;
+            let started = Instant::now();
+            for chunk in texts.chunks(batch) {
+                encoder.encode(chunk, options.side)?;
+            }
+            started.elapsed().as_secs_f64()
+        }
+        BenchPath::Queue => {
+            let rebuild = onnx::reloader(resolved, env, encoder.info().version.clone());
+            let queue = QueueOptions {
+                max_batch: batch,
+                max_batch_tokens: options.max_batch_tokens.max(1),
+                capacity: texts.len().max(1),
+                max_queued_tokens: usize::MAX,
+                session,
+                bulk: Some(SessionOptions::bulk(options.threads)),
+                query_cache: 0,
+            };
+            let handle = EncoderHandle::spawn_supervised(encoder, Some(rebuild), queue, Arc::new(Metrics::new()));
+            // A runtime of its own, on a thread of its own (the command may run inside another runtime).
+            let timed = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let runtime =
+                            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                        runtime.block_on(async {
+                            let warm: Vec<String> = texts[..texts.len().min(batch)].to_vec();
+                            handle.encode_with(warm, options.side, Priority::Background).await?;
+                            let started = Instant::now();
+                            handle.encode_with(texts.clone(), options.side, Priority::Background).await?;
+                            Ok::<_, EncoderError>(started.elapsed().as_secs_f64())
+                        })
+                    })
+                    .join()
+                    .expect("the benchmark thread does not panic")
+            });
+            timed?
+        }
+    };
     let chars: usize = texts.iter().map(|t| t.chars().count()).sum();
     Ok(BenchReport {
-        model: encoder.info().name.clone(),
+        model: name,
+        path: options.path,
+        sorted: !options.corpus_order,
         texts: texts.len(),
         mean_chars: chars / texts.len(),
+        tokens: token_count,
         truncated,
-        max_tokens: encoder.info().max_tokens,
+        max_tokens,
         batch,
         threads: options.threads,
+        seconds,
         texts_per_second: texts.len() as f64 / seconds,
-        ms_per_batch: seconds * 1e3 / texts.len().div_ceil(batch) as f64,
+        tokens_per_second: token_count as f64 / seconds,
+        latency_ms_p50: latencies.as_deref().map(|l| quantile(l, 0.5)),
+        latency_ms_p90: latencies.as_deref().map(|l| quantile(l, 0.9)),
     })
+}
+
+/// Batch-1 latencies (sorted, in ms) over texts spread across the set, after one warm-up call.
+fn batch_one_latency(
+    encoder: &dyn super::Encoder,
+    texts: &[String],
+    options: &BenchOptions,
+) -> Result<Option<Vec<f64>>, BenchError> {
+    if options.latency_samples == 0 {
+        return Ok(None);
+    }
+    let step = (texts.len() / options.latency_samples).max(1);
+    encoder.encode(std::slice::from_ref(&texts[0]), options.side)?;
+    let mut latencies = Vec::new();
+    for text in texts.iter().step_by(step).take(options.latency_samples) {
+        let started = Instant::now();
+        encoder.encode(std::slice::from_ref(text), options.side)?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(Some(latencies))
 }

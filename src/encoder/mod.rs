@@ -16,7 +16,7 @@ pub mod verify;
 use serde::{Deserialize, Serialize};
 
 pub use manifest::{Manifest, ModelKind, ModelRole, PaddingSide, Pooling};
-pub use queue::{EncoderHandle, EncoderHealth, Priority, Rebuild};
+pub use queue::{EncoderHandle, EncoderHealth, Priority, QueueOptions, Rebuild};
 
 /// Which side of the retrieval problem a text is on. Two-tower models run a different network per side;
 /// single-network models apply a different prefix per side.
@@ -136,8 +136,9 @@ pub enum EncoderError {
     /// The network does not give what the manifest promises (found by the probe encode at load).
     #[error("model {model}: the manifest does not fit the network: the manifest says {manifest}, the network gave {network}")]
     Mismatch { model: String, manifest: String, network: String },
-    #[error("model {model}: its encoding queue is full ({capacity} requests waiting); retry shortly")]
-    Overloaded { model: String, capacity: usize },
+    /// The queue holds its most texts (or tokens) waiting: `capacity` of `unit` ("texts" or "tokens").
+    #[error("model {model}: its encoding queue is full ({capacity} {unit} waiting); retry shortly")]
+    Overloaded { model: String, capacity: usize, unit: &'static str },
     /// The encoder panicked or its session failed repeatedly: requests waiting then are answered with this while
     /// it is rebuilt, and so are requests while rebuilding it keeps failing.
     #[error("model {model}: its encoder failed and is being restarted ({reason}); retry shortly")]
@@ -158,11 +159,48 @@ impl EncoderError {
     }
 }
 
-/// A model that turns texts into vectors. Implementations are synchronous and CPU-bound: callers reach them
-/// through an [`EncoderHandle`], whose queue runs them on a dedicated thread and batches concurrent requests.
+/// One text as its network takes it: token ids with special tokens, cut at `max_tokens`, and whether it was cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub truncated: bool,
+}
+
+impl Tokens {
+    /// Tokens in the text (what it costs in a batch, before padding).
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// A model that turns texts into vectors, in two steps: [`Encoder::tokenize`] (framing, cutting and tokenising —
+/// cheap, run on the caller's blocking pool) and [`Encoder::infer`] (the network, on the model's thread).
+/// Implementations are synchronous and CPU-bound: callers reach them through an [`EncoderHandle`], whose queue
+/// packs tokenised texts into batches.
 pub trait Encoder: Send + Sync + 'static {
     fn info(&self) -> &ModelInfo;
-    /// Encodes `texts` (already a batch the caller chose) for `side`. Vectors are L2-normalised when the
-    /// manifest says `normalize = true`.
-    fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError>;
+    /// Frames `texts` for `side` (prefix or template), cuts them at `max_tokens` (characters first) and tokenises
+    /// them with the side's tokenizer. Runs no network.
+    fn tokenize(&self, texts: &[String], side: Side) -> Result<Vec<Tokens>, EncoderError>;
+    /// Runs the side's network on one batch of tokenised texts (padded to its longest) and pools: one vector per
+    /// input, in order, L2-normalised when the manifest says `normalize = true`.
+    fn infer(&self, inputs: &[&Tokens], side: Side) -> Result<Vec<Vec<f32>>, EncoderError>;
+    /// Both steps on one batch the caller chose (verification, benchmarks, tests: no queue).
+    fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
+        let tokens = self.tokenize(texts, side)?;
+        let inputs: Vec<&Tokens> = tokens.iter().collect();
+        let vectors = if inputs.is_empty() { Vec::new() } else { self.infer(&inputs, side)? };
+        if vectors.len() != tokens.len() {
+            return Err(EncoderError::inference(
+                &self.info().name,
+                format!("{} vectors for {} texts", vectors.len(), tokens.len()),
+            ));
+        }
+        Ok(Encoded { vectors, truncated: tokens.iter().map(|t| t.truncated).collect() })
+    }
 }

@@ -16,7 +16,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::ResolvedManifest;
 use super::pooling::pool;
-use super::{Encoded, Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side};
+use super::{Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side, Tokens};
 use crate::util::normalize;
 
 /// Characters kept per token of `max_tokens` before tokenising. A token of the shipped vocabularies rarely spans
@@ -31,15 +31,26 @@ fn char_prefix(text: &str, max_chars: usize) -> Option<&str> {
 }
 
 /// Options for building sessions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// ONNX Runtime intra-op threads per session.
     pub intra_threads: usize,
+    /// ONNX Runtime's CPU memory arena (it keeps the largest batch's buffers for the session's life). Off for
+    /// bulk sessions, whose batches vary most; memory patterns go with it.
+    pub cpu_arena: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { intra_threads: 1 }
+        Self { intra_threads: 1, cpu_arena: true }
+    }
+}
+
+impl SessionOptions {
+    /// A bulk session: `threads` intra-op threads (0: every available core), no arena.
+    pub fn bulk(threads: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { intra_threads: if threads == 0 { cores } else { threads }, cpu_arena: false }
     }
 }
 
@@ -93,6 +104,13 @@ impl OnnxTower {
         let session = Session::builder(env)
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort::Error::<()>::from))
             .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(ort::Error::<()>::from))
+            .and_then(|b| match options.cpu_arena {
+                true => Ok(b),
+                false => b
+                    .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+                    .and_then(|b| b.with_memory_pattern(false))
+                    .map_err(ort::Error::<()>::from),
+            })
             .and_then(|mut b| b.commit_from_file(onnx))
             .map_err(|e| load_failed(&m.name, onnx, "ONNX Runtime cannot open the graph", e))?;
 
@@ -166,11 +184,8 @@ impl OnnxTower {
         })
     }
 
-    /// Tokenizes, runs and pools one batch.
-    pub fn encode(&self, texts: &[String]) -> Result<Encoded, EncoderError> {
-        if texts.is_empty() {
-            return Ok(Encoded::default());
-        }
+    /// Cuts (characters first, then tokens at `max_tokens`) and tokenises texts already framed.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Tokens>, EncoderError> {
         let tokenize_err =
             |e: tokenizers::Error| EncoderError::Tokenize { model: self.model.clone(), source: Arc::new(Boxed(e)) };
         let max_chars = self.max_tokens.saturating_mul(CHARS_PER_TOKEN);
@@ -186,15 +201,28 @@ impl OnnxTower {
                 None => text.as_str(),
             })
             .collect();
-        let mut encodings = self.tokenizer.encode_batch(inputs.clone(), true).map_err(tokenize_err)?;
-        let truncated: Vec<bool> =
-            encodings.iter().zip(&cut_by_chars).map(|(e, &cut)| cut || e.len() > self.max_tokens).collect();
-        for (i, encoding) in encodings.iter_mut().enumerate() {
+        let encodings = self.tokenizer.encode_batch(inputs.clone(), true).map_err(tokenize_err)?;
+        let mut tokens = Vec::with_capacity(encodings.len());
+        for (i, mut encoding) in encodings.into_iter().enumerate() {
+            let truncated = cut_by_chars[i] || encoding.len() > self.max_tokens;
             if encoding.len() > self.max_tokens {
-                *encoding = self.truncating.encode(inputs[i], true).map_err(tokenize_err)?;
+                encoding = self.truncating.encode(inputs[i], true).map_err(tokenize_err)?;
             }
+            tokens.push(Tokens {
+                ids: encoding.get_ids().to_vec(),
+                type_ids: encoding.get_type_ids().to_vec(),
+                truncated,
+            });
         }
-        let Packed { batch, seq, ids, mask, type_ids } = pack(&encodings, self.pad_id, self.padding_side);
+        Ok(tokens)
+    }
+
+    /// Runs and pools one batch of tokenised texts.
+    pub fn infer(&self, inputs: &[&Tokens]) -> Result<Vec<Vec<f32>>, EncoderError> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Packed { batch, seq, ids, mask, type_ids } = pack(inputs, self.pad_id, self.padding_side);
 
         let infer_err = |e: ort::Error| EncoderError::Inference {
             model: self.model.clone(),
@@ -248,7 +276,7 @@ impl OnnxTower {
                 format!("the network produced a non-finite value for input {bad}"),
             ));
         }
-        Ok(Encoded { vectors, truncated })
+        Ok(vectors)
     }
 }
 
@@ -279,7 +307,7 @@ struct Packed {
 }
 
 /// Pads token sequences to the longest one with `pad_id`, on the given side; the mask marks real tokens.
-fn pack(encodings: &[tokenizers::Encoding], pad_id: u32, side: PaddingSide) -> Packed {
+fn pack(encodings: &[&Tokens], pad_id: u32, side: PaddingSide) -> Packed {
     let batch = encodings.len();
     let seq = encodings.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
     let mut ids = vec![pad_id as i64; batch * seq];
@@ -290,7 +318,7 @@ fn pack(encodings: &[tokenizers::Encoding], pad_id: u32, side: PaddingSide) -> P
             PaddingSide::Right => 0,
             PaddingSide::Left => seq - enc.len(),
         };
-        for (t, (&id, &ty)) in enc.get_ids().iter().zip(enc.get_type_ids()).enumerate() {
+        for (t, (&id, &ty)) in enc.ids.iter().zip(&enc.type_ids).enumerate() {
             let at = b * seq + start + t;
             ids[at] = id as i64;
             mask[at] = 1;
@@ -300,13 +328,18 @@ fn pack(encodings: &[tokenizers::Encoding], pad_id: u32, side: PaddingSide) -> P
     Packed { batch, seq, ids, mask, type_ids }
 }
 
-/// Encodes with `tower`, framing the texts as the model's `side` asks (prefix or template).
-fn encode_framed(info: &ModelInfo, tower: &OnnxTower, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
+/// Tokenises with `tower`, framing the texts as the model's `side` asks (prefix or template).
+fn tokenize_framed(
+    info: &ModelInfo,
+    tower: &OnnxTower,
+    texts: &[String],
+    side: Side,
+) -> Result<Vec<Tokens>, EncoderError> {
     if info.frames_nothing(side) {
-        tower.encode(texts)
+        tower.tokenize(texts)
     } else {
         let framed: Vec<String> = texts.iter().map(|t| info.frame(side, t)).collect();
-        tower.encode(&framed)
+        tower.tokenize(&framed)
     }
 }
 
@@ -359,15 +392,15 @@ pub fn load(
     }
 }
 
-/// Rebuilds a model's encoder from its manifest after a crash (see [`super::queue`]); a model whose files
-/// changed since it was loaded (another version, whose embeddings the index does not hold) is not rebuilt.
+/// Builds a model's encoder again from its manifest, with the given session options: after a crash, or for a
+/// bulk session (see [`super::queue`]). A model whose files changed since it was loaded (another version, whose
+/// embeddings the index does not hold) is not rebuilt.
 pub fn reloader(
     resolved: ResolvedManifest,
     env: &'static ort::environment::Environment,
-    options: SessionOptions,
     version: String,
 ) -> super::Rebuild {
-    Box::new(move || {
+    Arc::new(move |options: SessionOptions| {
         let encoder = load(&super::Manifest::load(&resolved.dir)?, env, options)?;
         if encoder.info().version != version {
             return Err(load_err(
@@ -420,8 +453,12 @@ impl Encoder for SingleNetworkEncoder {
         &self.info
     }
 
-    fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
-        encode_framed(&self.info, &self.tower, texts, side)
+    fn tokenize(&self, texts: &[String], side: Side) -> Result<Vec<Tokens>, EncoderError> {
+        tokenize_framed(&self.info, &self.tower, texts, side)
+    }
+
+    fn infer(&self, inputs: &[&Tokens], _side: Side) -> Result<Vec<Vec<f32>>, EncoderError> {
+        self.tower.infer(inputs)
     }
 }
 
@@ -430,33 +467,30 @@ impl Encoder for TwoTowerEncoder {
         &self.info
     }
 
-    fn encode(&self, texts: &[String], side: Side) -> Result<Encoded, EncoderError> {
-        let tower = match side {
+    fn tokenize(&self, texts: &[String], side: Side) -> Result<Vec<Tokens>, EncoderError> {
+        tokenize_framed(&self.info, self.tower(side), texts, side)
+    }
+
+    fn infer(&self, inputs: &[&Tokens], side: Side) -> Result<Vec<Vec<f32>>, EncoderError> {
+        self.tower(side).infer(inputs)
+    }
+}
+
+impl TwoTowerEncoder {
+    fn tower(&self, side: Side) -> &OnnxTower {
+        match side {
             Side::Query => &self.query,
             Side::Document => &self.document,
-        };
-        encode_framed(&self.info, tower, texts, side)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokenizers::Encoding;
 
-    fn encoding(ids: &[u32], types: &[u32]) -> Encoding {
-        let n = ids.len();
-        Encoding::new(
-            ids.to_vec(),
-            types.to_vec(),
-            vec![String::new(); n],
-            vec![None; n],
-            vec![(0, 0); n],
-            vec![0; n],
-            vec![1; n],
-            vec![],
-            Default::default(),
-        )
+    fn encoding(ids: &[u32], types: &[u32]) -> Tokens {
+        Tokens { ids: ids.to_vec(), type_ids: types.to_vec(), truncated: false }
     }
 
     #[test]
@@ -473,6 +507,7 @@ mod tests {
     #[test]
     fn batches_pad_to_the_longest_with_the_pad_id_on_either_side() {
         let encodings = [encoding(&[5, 6, 7], &[0, 0, 1]), encoding(&[8], &[0])];
+        let encodings: Vec<&Tokens> = encodings.iter().collect();
         let right = pack(&encodings, 2, PaddingSide::Right);
         assert_eq!((right.batch, right.seq), (2, 3));
         assert_eq!(right.ids, [5, 6, 7, 8, 2, 2]);

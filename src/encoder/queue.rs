@@ -1,10 +1,17 @@
-//! The per-model encoding queue: one dedicated thread per model owns its [`Encoder`], so inference never runs on
-//! the async runtime. Concurrent requests for the same side are merged into batches of up to `max_batch` texts
-//! (sorted by length, so short texts are not padded to long ones). The queue is bounded: when it is full, callers
-//! get [`EncoderError::Overloaded`] at once (load shedding) instead of waiting without limit.
+//! The per-model encoding queue, after TEI's (`core/src/queue.rs`, `core/src/infer.rs`): texts are tokenised on
+//! the caller's side (tokio's blocking pool), queued with their lengths, and one thread per model owns the queue
+//! and runs only networks. Batches are packed to a token budget — padded length × count at most
+//! `max_batch_tokens`, and at most `max_batch` texts; a single text over the budget goes alone — taking each
+//! request's texts shortest first, so padding stays small. The queue is bounded in texts (`capacity`) and in
+//! tokens (`max_queued_tokens`): a request that does not fit is refused at once with
+//! [`EncoderError::Overloaded`] (load shedding) instead of waiting without limit.
 //!
-//! Requests come in two [`Priority`] lanes: live traffic (searches, upserts, embeds) is always taken before
-//! background work (evaluation jobs), which only gets the thread when no live request waits.
+//! Lanes, by [`Priority`] and side: live queries are always taken first, then live documents (upserts), then
+//! background work (evaluation, back-fill, import). A big upsert holds a query back by one batch at most. With a
+//! bulk session configured (`QueueOptions::bulk`), background work has a thread and an encoder of its own, built
+//! with the bulk session options (every core, no memory arena) when bulk work first comes and dropped after
+//! [`BULK_IDLE`] without any, so live traffic keeps its session and its lanes. Requests whose caller gave up
+//! (dropped futures: timeouts, disconnects) are skipped before inference.
 //!
 //! Supervision: an inference call that panics, or [`FAILURES_BEFORE_RESTART`] inference failures in a row, restart
 //! the encoder — rebuilt by the handle's [`Rebuild`] (the model reloaded from its manifest), or kept as it is when
@@ -13,34 +20,57 @@
 //! served by the rebuilt encoder. While it cannot encode, [`EncoderHandle::health`] says so (`/readyz` reports it);
 //! a rebuild that fails is tried again every [`RETRY_REBUILD`], when a request comes.
 //!
-//! Dropping every [`EncoderHandle`] closes the queue; the thread finishes the jobs already queued and exits: a
-//! replaced model version, once drained, lets its thread go this way.
+//! A query cache (`QueueOptions::query_cache` entries, per handle, so per model version) answers repeated search
+//! queries without the network: [`EncoderHandle::encode_query`].
+//!
+//! Dropping every [`EncoderHandle`] closes the queue; the threads finish the jobs already queued and exit: a
+//! replaced model version, once drained, lets its threads go this way.
 
-use std::collections::VecDeque;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+mod cache;
+mod worker;
+
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
 
-use tokio::sync::{mpsc, oneshot};
-
-use super::{Encoded, Encoder, EncoderError, ModelInfo, Side};
+use super::onnx::SessionOptions;
+use super::{Encoded, Encoder, EncoderError, ModelInfo, Side, Tokens};
 use crate::metrics::Metrics;
+use cache::QueryCache;
+use worker::{Lane, Worker};
 
 /// Queue settings for one model.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueOptions {
     /// Most texts one inference call takes.
     pub max_batch: usize,
-    /// Most requests waiting before new ones are refused.
+    /// Most tokens one inference call takes, padding included (longest text × texts).
+    pub max_batch_tokens: usize,
+    /// Most texts waiting before new requests are refused.
     pub capacity: usize,
+    /// Most tokens waiting before new requests are refused.
+    pub max_queued_tokens: usize,
+    /// The options the model's live session was built with (used when rebuilding it).
+    pub session: SessionOptions,
+    /// Background work's own session and thread, with these options; `None` runs it on the live thread.
+    pub bulk: Option<SessionOptions>,
+    /// Query vectors kept per model version; 0 keeps none.
+    pub query_cache: usize,
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
-        Self { max_batch: 32, capacity: 1024 }
+        Self {
+            max_batch: 32,
+            max_batch_tokens: 8192,
+            capacity: 4096,
+            max_queued_tokens: 262_144,
+            session: SessionOptions::default(),
+            bulk: None,
+            query_cache: 0,
+        }
     }
 }
 
@@ -50,8 +80,12 @@ pub const FAILURES_BEFORE_RESTART: usize = 3;
 /// How long after a failed rebuild the next one is tried (when a request comes).
 pub const RETRY_REBUILD: Duration = Duration::from_secs(10);
 
-/// Builds the model's encoder again (reloads it from its manifest), after a panic or repeated failures.
-pub type Rebuild = Box<dyn Fn() -> Result<Box<dyn Encoder>, EncoderError> + Send>;
+/// How long a bulk session is kept without bulk work before it is dropped (with its memory).
+pub const BULK_IDLE: Duration = Duration::from_secs(30);
+
+/// Builds the model's encoder again with the given session options (reloads it from its manifest): after a panic
+/// or repeated failures, and for a bulk session.
+pub type Rebuild = Arc<dyn Fn(SessionOptions) -> Result<Box<dyn Encoder>, EncoderError> + Send + Sync>;
 
 /// Whether the model's thread can encode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +103,7 @@ pub enum Priority {
     /// A client waits for it: searches, upserts, embeds.
     #[default]
     Live,
-    /// Evaluation jobs: served only when no live request waits.
+    /// Evaluation jobs, back-fills and imports: served only when no live request waits (or on the bulk session).
     Background,
 }
 
@@ -82,24 +116,77 @@ impl Priority {
     }
 }
 
+/// A request as queued: its texts tokenised (or, when no encoder could tokenise them, as they came).
 struct Job {
-    texts: Vec<String>,
+    tokens: Vec<Tokens>,
+    /// Set when the caller found no encoder to tokenise with (it is being rebuilt): the thread tokenises them.
+    texts: Option<Vec<String>>,
     side: Side,
-    priority: Priority,
+    lane: Lane,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Encoded, EncoderError>>,
 }
 
-/// A cheap, cloneable handle to a model's encoding thread.
+/// Texts and tokens admitted and not yet taken into a batch: the queue's bounds are on these.
+#[derive(Debug, Default)]
+struct Room {
+    texts: usize,
+    tokens: usize,
+}
+
+/// What the handles and the threads share.
+struct Shared {
+    /// The live encoder, for tokenising on the caller's side; none while it is rebuilt.
+    encoder: RwLock<Option<Arc<dyn Encoder>>>,
+    room: Mutex<Room>,
+    capacity: usize,
+    max_queued_tokens: usize,
+    /// `duet_encode_queue_depth{model}`: texts waiting.
+    depth: prometheus::IntGauge,
+}
+
+impl Shared {
+    /// Takes room for `texts` texts of `tokens` tokens, or says which bound is reached. An empty queue takes any
+    /// request, so that one bigger than a bound is served alone rather than never.
+    fn admit(&self, model: &str, texts: usize, tokens: usize) -> Result<(), EncoderError> {
+        let mut room = self.room.lock();
+        if room.texts > 0 {
+            if room.texts + texts > self.capacity {
+                return Err(EncoderError::Overloaded { model: model.into(), capacity: self.capacity, unit: "texts" });
+            }
+            if room.tokens + tokens > self.max_queued_tokens {
+                let capacity = self.max_queued_tokens;
+                return Err(EncoderError::Overloaded { model: model.into(), capacity, unit: "tokens" });
+            }
+        }
+        room.texts += texts;
+        room.tokens += tokens;
+        self.depth.set(room.texts as i64);
+        Ok(())
+    }
+
+    fn release(&self, texts: usize, tokens: usize) {
+        let mut room = self.room.lock();
+        room.texts = room.texts.saturating_sub(texts);
+        room.tokens = room.tokens.saturating_sub(tokens);
+        self.depth.set(room.texts as i64);
+    }
+
+    fn waiting_texts(&self) -> usize {
+        self.room.lock().texts
+    }
+}
+
+/// A cheap, cloneable handle to a model's encoding threads.
 #[derive(Clone)]
 pub struct EncoderHandle {
     info: Arc<ModelInfo>,
-    tx: mpsc::UnboundedSender<Job>,
-    capacity: usize,
-    /// Requests sent and not yet taken into a batch: the queue's bound is on this count.
-    waiting: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    live: mpsc::Sender<Job>,
+    bulk: Option<mpsc::Sender<Job>>,
     metrics: Arc<Metrics>,
     health: Arc<Mutex<EncoderHealth>>,
+    cache: Option<Arc<QueryCache>>,
 }
 
 impl EncoderHandle {
@@ -108,7 +195,8 @@ impl EncoderHandle {
         Self::spawn_supervised(encoder, None, options, metrics)
     }
 
-    /// Starts the model's encoding thread, which rebuilds its encoder with `rebuild` after a panic or repeated
+    /// Starts the model's encoding thread (and its bulk thread, when `options.bulk` is set and there is a
+    /// `rebuild` to build its encoder with), which rebuilds its encoder with `rebuild` after a panic or repeated
     /// inference failures.
     pub fn spawn_supervised(
         encoder: Box<dyn Encoder>,
@@ -117,28 +205,47 @@ impl EncoderHandle {
         metrics: Arc<Metrics>,
     ) -> Self {
         let info = Arc::new(encoder.info().clone());
-        let capacity = options.capacity.max(1);
-        // Unbounded as a channel, bounded by `waiting`: the worker drains it into its two lanes to see live
-        // requests queued behind background ones.
-        let (tx, rx) = mpsc::unbounded_channel();
-        let waiting = Arc::new(AtomicUsize::new(0));
+        let encoder: Arc<dyn Encoder> = Arc::from(encoder);
+        let shared = Arc::new(Shared {
+            encoder: RwLock::new(Some(encoder.clone())),
+            room: Mutex::default(),
+            capacity: options.capacity.max(1),
+            max_queued_tokens: options.max_queued_tokens.max(1),
+            depth: metrics.encode_queue_depth.with_label_values(&[&info.name]),
+        });
         let health = Arc::new(Mutex::new(EncoderHealth::Serving));
-        let worker = Worker {
+        let worker = |encoder, session, bulk, health| Worker {
             model: info.name.clone(),
-            encoder: Some(encoder),
-            rebuild,
+            encoder,
+            rebuild: rebuild.clone(),
+            session,
+            bulk,
             max_batch: options.max_batch.max(1),
-            waiting: waiting.clone(),
+            max_batch_tokens: options.max_batch_tokens.max(1),
+            shared: shared.clone(),
             metrics: metrics.clone(),
-            health: StoppedOnExit(health.clone()),
+            health: worker::StoppedOnExit(health),
             failures_in_a_row: 0,
             last_rebuild: None,
         };
-        std::thread::Builder::new()
-            .name(format!("encode-{}", info.name))
-            .spawn(move || worker.run(rx))
-            .expect("spawning an encoder thread");
-        Self { info, tx, capacity, waiting, metrics, health }
+        let start = |name: String, worker: Worker| {
+            let (tx, rx) = mpsc::channel();
+            std::thread::Builder::new().name(name).spawn(move || worker.run(rx)).expect("spawning an encoder thread");
+            tx
+        };
+        let live =
+            start(format!("encode-{}", info.name), worker(Some(encoder), options.session, false, health.clone()));
+        // The bulk thread's health is its own: a failing bulk session makes the model no less ready to serve.
+        let bulk = match (options.bulk, &rebuild) {
+            (Some(session), Some(_)) => Some(start(
+                format!("bulk-{}", info.name),
+                worker(None, session, true, Arc::new(Mutex::new(EncoderHealth::Serving))),
+            )),
+            _ => None,
+        };
+        let cache =
+            (options.query_cache > 0).then(|| Arc::new(QueryCache::new(&info.name, options.query_cache, &metrics)));
+        Self { info, shared, live, bulk, metrics, health, cache }
     }
 
     pub fn info(&self) -> &Arc<ModelInfo> {
@@ -150,12 +257,29 @@ impl EncoderHandle {
         self.health.lock().clone()
     }
 
+    /// Texts admitted and not yet taken into a batch.
+    pub fn waiting(&self) -> usize {
+        self.shared.waiting_texts()
+    }
+
     /// Encodes `texts` for `side` as live traffic, waiting for the model's thread.
     pub async fn encode(&self, texts: Vec<String>, side: Side) -> Result<Encoded, EncoderError> {
         self.encode_with(texts, side, Priority::Live).await
     }
 
-    /// Encodes `texts` for `side` in the lane of `priority`.
+    /// Encodes one search query, from the query cache when it holds it (the same vector as the network gave).
+    pub async fn encode_query(&self, query: String, priority: Priority) -> Result<Encoded, EncoderError> {
+        let Some(cache) = &self.cache else { return self.encode_with(vec![query], Side::Query, priority).await };
+        let key = self.info.frame(Side::Query, &query);
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit);
+        }
+        let encoded = self.encode_with(vec![query], Side::Query, priority).await?;
+        cache.put(key, &encoded);
+        Ok(encoded)
+    }
+
+    /// Encodes `texts` for `side` in the lane of `priority`: tokenised here (on the blocking pool), then queued.
     pub async fn encode_with(
         &self,
         texts: Vec<String>,
@@ -166,295 +290,40 @@ impl EncoderHandle {
             return Ok(Encoded::default());
         }
         let model = &self.info.name;
-        let admitted = self
-            .waiting
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.capacity).then_some(n + 1))
-            .is_ok();
-        if !admitted {
+        let refused = |err: EncoderError| {
             self.metrics.encode_rejected.with_label_values(&[model]).inc();
-            return Err(EncoderError::Overloaded { model: model.clone(), capacity: self.capacity });
-        }
+            err
+        };
+        // A full queue refuses before any tokenising.
+        self.shared.admit(model, texts.len(), 0).map_err(refused)?;
+        self.shared.release(texts.len(), 0);
+        let encoder = self.shared.encoder.read().clone();
+        let (tokens, texts) = match encoder {
+            Some(encoder) => {
+                let tokenized = tokio::task::spawn_blocking(move || encoder.tokenize(&texts, side)).await;
+                let tokens =
+                    tokenized.map_err(|e| EncoderError::Tokenize { model: model.clone(), source: Arc::new(e) })??;
+                (tokens, None)
+            }
+            None => (Vec::new(), Some(texts)),
+        };
+        let count = texts.as_ref().map_or(tokens.len(), Vec::len);
+        let token_count: usize = tokens.iter().map(Tokens::len).sum();
+        self.shared.admit(model, count, token_count).map_err(refused)?;
         self.metrics.encode_requests.with_label_values(&[model, priority.as_str()]).inc();
+        let lane = Lane::of(priority, side);
         let (reply, response) = oneshot::channel();
-        let job = Job { texts, side, priority, enqueued: Instant::now(), reply };
-        let depth = self.metrics.encode_queue_depth.with_label_values(&[model]);
-        depth.inc();
-        if self.tx.send(job).is_err() {
-            depth.dec();
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let job = Job { tokens, texts, side, lane, enqueued: Instant::now(), reply };
+        let tx = match (lane, &self.bulk) {
+            (Lane::Background, Some(bulk)) => bulk,
+            _ => &self.live,
+        };
+        if tx.send(job).is_err() {
+            self.shared.release(count, token_count);
             return Err(EncoderError::Stopped { model: model.clone() });
         }
         response.await.unwrap_or_else(|_| Err(EncoderError::Stopped { model: model.clone() }))
     }
-}
-
-/// The model's thread: its encoder and the two lanes of waiting requests.
-struct Worker {
-    model: String,
-    /// None while rebuilding it fails.
-    encoder: Option<Box<dyn Encoder>>,
-    rebuild: Option<Rebuild>,
-    max_batch: usize,
-    waiting: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-    health: StoppedOnExit,
-    failures_in_a_row: usize,
-    last_rebuild: Option<Instant>,
-}
-
-/// A batch whose failure restarts the encoder, with why and the error its requests get.
-struct Failed {
-    reason: String,
-    jobs: Vec<Job>,
-    error: EncoderError,
-}
-
-/// The thread's health, marked stopped when the thread ends, however it ends.
-struct StoppedOnExit(Arc<Mutex<EncoderHealth>>);
-
-impl StoppedOnExit {
-    fn set(&self, health: EncoderHealth) {
-        *self.0.lock() = health;
-    }
-}
-
-impl Drop for StoppedOnExit {
-    fn drop(&mut self) {
-        self.set(EncoderHealth::Stopped("its encoder thread has ended".into()));
-    }
-}
-
-/// What a panic said, when it said it with a string.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    let text = payload.downcast_ref::<&str>().copied().or_else(|| payload.downcast_ref::<String>().map(String::as_str));
-    format!("it panicked: {}", text.unwrap_or("(no message)"))
-}
-
-/// Requests received from the channel and not yet encoded, by priority.
-#[derive(Default)]
-struct Lanes {
-    live: VecDeque<Job>,
-    background: VecDeque<Job>,
-}
-
-impl Lanes {
-    fn push(&mut self, job: Job) {
-        match job.priority {
-            Priority::Live => self.live.push_back(job),
-            Priority::Background => self.background.push_back(job),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.live.is_empty() && self.background.is_empty()
-    }
-
-    /// The next batch: the oldest request of the first non-empty lane, with the later requests of that lane for
-    /// the same side, up to `max_batch` texts.
-    fn next_batch(&mut self, max_batch: usize) -> Vec<Job> {
-        let lane = if self.live.is_empty() { &mut self.background } else { &mut self.live };
-        let Some(first) = lane.pop_front() else { return Vec::new() };
-        let side = first.side;
-        let mut texts_taken = first.texts.len();
-        let mut batch = vec![first];
-        let mut i = 0;
-        while texts_taken < max_batch && i < lane.len() {
-            if lane[i].side == side {
-                let job = lane.remove(i).expect("index checked");
-                texts_taken += job.texts.len();
-                batch.push(job);
-            } else {
-                i += 1;
-            }
-        }
-        batch
-    }
-}
-
-impl Worker {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Job>) {
-        let depth = self.metrics.encode_queue_depth.with_label_values(&[&self.model]);
-        let mut lanes = Lanes::default();
-        loop {
-            if lanes.is_empty() {
-                match rx.blocking_recv() {
-                    Some(job) => lanes.push(job),
-                    None => break,
-                }
-            }
-            while let Ok(job) = rx.try_recv() {
-                lanes.push(job);
-            }
-            let mut jobs = lanes.next_batch(self.max_batch);
-            self.waiting.fetch_sub(jobs.len(), Ordering::AcqRel);
-            depth.sub(jobs.len() as i64);
-            // Callers that gave up (timeout, disconnect, cancelled job) are not worth computing for.
-            jobs.retain(|job| !job.reply.is_closed());
-            if jobs.is_empty() {
-                continue;
-            }
-            if self.encoder.is_none() && self.last_rebuild.is_none_or(|at| at.elapsed() >= RETRY_REBUILD) {
-                self.rebuild();
-            }
-            let Some(encoder) = self.encoder.take() else {
-                let reason = match &*self.health.0.lock() {
-                    EncoderHealth::Stopped(reason) | EncoderHealth::Restarting(reason) => reason.clone(),
-                    EncoderHealth::Serving => String::new(),
-                };
-                answer_all(jobs, &self.restarting(&reason));
-                continue;
-            };
-            let restart = self.encode(encoder.as_ref(), jobs);
-            self.encoder = Some(encoder);
-            if let Some(failed) = restart {
-                self.restart(failed, &mut lanes, &mut rx);
-            }
-        }
-        tracing::debug!(model = self.model, "encoder thread stopped");
-    }
-
-    fn restarting(&self, reason: &str) -> EncoderError {
-        EncoderError::Restarting { model: self.model.clone(), reason: reason.to_string() }
-    }
-
-    /// Encodes one batch of requests and answers each, unless the encoder must be restarted: then the batch is
-    /// returned unanswered, to be answered with the requests waiting behind it.
-    fn encode(&mut self, encoder: &dyn Encoder, jobs: Vec<Job>) -> Option<Failed> {
-        let (model, side) = (self.model.as_str(), jobs[0].side);
-        for job in &jobs {
-            self.metrics.encode_queue_wait.with_label_values(&[model]).observe(job.enqueued.elapsed().as_secs_f64());
-        }
-        let texts: Vec<&String> = jobs.iter().flat_map(|j| j.texts.iter()).collect();
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| encode_in_batches(encoder, &texts, side, self.max_batch, &self.metrics)));
-        match outcome {
-            Ok(Ok(mut all)) => {
-                self.failures_in_a_row = 0;
-                let truncated = all.truncated.iter().filter(|&&t| t).count() as u64;
-                self.metrics.truncated_inputs.with_label_values(&[model, side.as_str()]).inc_by(truncated);
-                // Hand each job its slice, in order.
-                let mut vectors = all.vectors.drain(..);
-                let mut flags = all.truncated.drain(..);
-                for job in jobs {
-                    let n = job.texts.len();
-                    let part = Encoded {
-                        vectors: vectors.by_ref().take(n).collect(),
-                        truncated: flags.by_ref().take(n).collect(),
-                    };
-                    let _ = job.reply.send(Ok(part));
-                }
-                None
-            }
-            Ok(Err(err)) => {
-                if !matches!(err, EncoderError::Inference { .. }) {
-                    self.failures_in_a_row = 0;
-                    answer_all(jobs, &err);
-                    return None;
-                }
-                self.failures_in_a_row += 1;
-                if self.failures_in_a_row < FAILURES_BEFORE_RESTART {
-                    answer_all(jobs, &err);
-                    return None;
-                }
-                let reason = format!("inference failed {} times in a row: {err}", self.failures_in_a_row);
-                Some(Failed { reason, jobs, error: err })
-            }
-            Err(panic) => {
-                let reason = panic_message(panic.as_ref());
-                let error = self.restarting(&reason);
-                Some(Failed { reason, jobs, error })
-            }
-        }
-    }
-
-    /// Counts the restart and reports it, answers the failed batch and every waiting request (none learns of the
-    /// restart before it is counted, and none sent after the answers is refused), then rebuilds the encoder (or
-    /// keeps it, without a rebuild).
-    fn restart(&mut self, failed: Failed, lanes: &mut Lanes, rx: &mut mpsc::UnboundedReceiver<Job>) {
-        let Failed { reason, jobs, error } = failed;
-        tracing::error!(model = self.model, reason, "restarting the encoder");
-        self.metrics.encoder_restarts.with_label_values(&[&self.model]).inc();
-        self.health.set(EncoderHealth::Restarting(reason.clone()));
-        while let Ok(job) = rx.try_recv() {
-            lanes.push(job);
-        }
-        let waiting: Vec<Job> = lanes.live.drain(..).chain(lanes.background.drain(..)).collect();
-        self.waiting.fetch_sub(waiting.len(), Ordering::AcqRel);
-        self.metrics.encode_queue_depth.with_label_values(&[&self.model]).sub(waiting.len() as i64);
-        answer_all(jobs, &error);
-        answer_all(waiting, &self.restarting(&reason));
-        self.failures_in_a_row = 0;
-        if self.rebuild.is_none() {
-            self.health.set(EncoderHealth::Serving);
-            return;
-        }
-        // The old encoder goes first: a model may not fit in memory twice.
-        if let Some(old) = self.encoder.take() {
-            let _ = catch_unwind(AssertUnwindSafe(move || drop(old)));
-        }
-        self.rebuild();
-    }
-
-    fn rebuild(&mut self) {
-        let Some(rebuild) = &self.rebuild else { return };
-        self.last_rebuild = Some(Instant::now());
-        match catch_unwind(AssertUnwindSafe(rebuild)) {
-            Ok(Ok(encoder)) => {
-                tracing::info!(model = self.model, "encoder restarted");
-                self.encoder = Some(encoder);
-                self.health.set(EncoderHealth::Serving);
-            }
-            Ok(Err(err)) => {
-                let reason = format!("restarting it failed: {}", crate::util::error_chain(&err));
-                tracing::error!(model = self.model, reason, "the encoder cannot encode");
-                self.health.set(EncoderHealth::Stopped(reason));
-            }
-            Err(panic) => {
-                let reason = format!("restarting it failed: {}", panic_message(panic.as_ref()));
-                self.health.set(EncoderHealth::Stopped(reason));
-            }
-        }
-    }
-}
-
-fn answer_all(jobs: Vec<Job>, err: &EncoderError) {
-    for job in jobs {
-        let _ = job.reply.send(Err(err.clone()));
-    }
-}
-
-/// Encodes `texts` in inference calls of at most `max_batch`, grouping texts of similar length, and returns the
-/// results in input order.
-fn encode_in_batches(
-    encoder: &dyn Encoder,
-    texts: &[&String],
-    side: Side,
-    max_batch: usize,
-    metrics: &Metrics,
-) -> Result<Encoded, EncoderError> {
-    let model = &encoder.info().name;
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|&i| texts[i].len());
-    let mut vectors = vec![Vec::new(); texts.len()];
-    let mut truncated = vec![false; texts.len()];
-    for chunk in order.chunks(max_batch) {
-        let batch: Vec<String> = chunk.iter().map(|&i| texts[i].clone()).collect();
-        let started = Instant::now();
-        let encoded = encoder.encode(&batch, side)?;
-        metrics.encode_duration.with_label_values(&[model, side.as_str()]).observe(started.elapsed().as_secs_f64());
-        metrics.encode_batch_size.with_label_values(&[model]).observe(batch.len() as f64);
-        if encoded.vectors.len() != chunk.len() {
-            return Err(EncoderError::inference(
-                model,
-                format!("{} vectors for {} texts", encoded.vectors.len(), chunk.len()),
-            ));
-        }
-        for ((&i, v), t) in chunk.iter().zip(encoded.vectors).zip(encoded.truncated) {
-            vectors[i] = v;
-            truncated[i] = t;
-        }
-    }
-    Ok(Encoded { vectors, truncated })
 }
 
 #[cfg(test)]

@@ -79,7 +79,7 @@ impl Loader {
         let info = loaded.info().clone();
         tracing::info!(model = %info.name, kind = ?info.kind, version = %info.version, path = %path.display(),
             seconds = started.elapsed().as_secs_f64(), "model loaded");
-        let rebuild = encoder::onnx::reloader(resolved, self.env, settings.session(), info.version.clone());
+        let rebuild = encoder::onnx::reloader(resolved, self.env, info.version.clone());
         metrics.encoder_restarts.with_label_values(&[&info.name]).reset();
         Ok(ServedModel::new(
             Arc::new(info.clone()),

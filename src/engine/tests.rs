@@ -151,18 +151,29 @@ async fn heavy_searches_beyond_the_limit_are_refused_at_once() {
     engine.close().await;
 }
 
-/// The model's own encoder, except that it panics on [`PANIC`].
+/// The model's own encoder, except that its network panics on [`PANIC`] (tokenised as [`PANIC_ID`]).
 struct Panicky(Box<dyn encoder::Encoder>);
 
 const PANIC: &str = "<panic>";
+const PANIC_ID: u32 = u32::MAX;
 
 impl encoder::Encoder for Panicky {
     fn info(&self) -> &ModelInfo {
         self.0.info()
     }
-    fn encode(&self, texts: &[String], side: Side) -> Result<encoder::Encoded, EncoderError> {
-        assert!(texts.iter().all(|t| t != PANIC), "the test encoder was told to panic");
-        self.0.encode(texts, side)
+    fn tokenize(&self, texts: &[String], side: Side) -> Result<Vec<encoder::Tokens>, EncoderError> {
+        let mut tokens = self.0.tokenize(texts, side)?;
+        for (text, tokens) in texts.iter().zip(&mut tokens) {
+            if text == PANIC {
+                tokens.ids = vec![PANIC_ID];
+                tokens.type_ids = vec![0];
+            }
+        }
+        Ok(tokens)
+    }
+    fn infer(&self, inputs: &[&encoder::Tokens], side: Side) -> Result<Vec<Vec<f32>>, EncoderError> {
+        assert!(inputs.iter().all(|t| t.ids != [PANIC_ID]), "the test encoder was told to panic");
+        self.0.infer(inputs, side)
     }
 }
 
@@ -174,10 +185,10 @@ async fn panicky_engine(store: &Path, reload_fails: bool) -> Arc<Engine> {
     let env = encoder::runtime::environment(None).unwrap();
     let resolved = Manifest::load(&entry.path).unwrap();
     let loaded = encoder::onnx::load(&resolved, env, Default::default()).unwrap();
-    let reload = encoder::onnx::reloader(resolved, env, Default::default(), loaded.info().version.clone());
-    let rebuild: encoder::Rebuild = Box::new(move || match reload_fails {
+    let reload = encoder::onnx::reloader(resolved, env, loaded.info().version.clone());
+    let rebuild: encoder::Rebuild = Arc::new(move |options| match reload_fails {
         true => Err(EncoderError::runtime("the model cannot be reloaded".into())),
-        false => reload(),
+        false => reload(options),
     });
     let old = engine.model("tiny-encoder").unwrap();
     let handle = EncoderHandle::spawn_supervised(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 
 use super::{blocking, Engine, EngineError, ModelState, ServedModel, UpsertReport};
-use crate::encoder::Side;
+use crate::encoder::{Priority, Side};
 use crate::metrics::Metrics;
 use crate::store::{content_hash, NewDocument, NewEmbedding};
 
@@ -73,11 +73,22 @@ impl Engine {
     /// Inserts or replaces documents: encoded by every model, stored durably, indexed — then acknowledged.
     /// Documents must already be validated and have distinct ids.
     pub async fn upsert(self: &Arc<Self>, documents: Vec<NewDocument>) -> Result<UpsertReport, EngineError> {
+        self.upsert_with(documents, Priority::Live).await
+    }
+
+    /// [`Engine::upsert`], encoding in the lane of `priority` (an import is background work: it waits behind
+    /// live traffic, on the models' bulk sessions).
+    pub async fn upsert_with(
+        self: &Arc<Self>,
+        documents: Vec<NewDocument>,
+        priority: Priority,
+    ) -> Result<UpsertReport, EngineError> {
         self.check_store()?;
         let models = write_targets(self)?;
         let texts: Vec<String> = documents.iter().map(|d| d.text.clone()).collect();
         // Every model encodes at once, each on its own thread.
-        let encodings = join_all(models.iter().map(|m| m.encoder.encode(texts.clone(), Side::Document))).await;
+        let encodings =
+            join_all(models.iter().map(|m| m.encoder.encode_with(texts.clone(), Side::Document, priority))).await;
         let mut embeddings = Vec::with_capacity(documents.len() * models.len());
         let mut per_model = Vec::with_capacity(models.len());
         let mut truncated = BTreeMap::new();
