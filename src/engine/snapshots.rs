@@ -160,17 +160,7 @@ impl Engine {
         let target = path.clone();
         let written = blocking(move || -> Result<bool, String> {
             let Some(exported) = index.export().map_err(|e| error_chain(&e))? else { return Ok(false) };
-            let header = Header {
-                model: want.model,
-                version: want.version,
-                dimension: want.dimension,
-                backend: want.backend,
-                precision: want.precision,
-                sequence,
-                documents: exported.alive.iter().filter(|&&a| a).count(),
-                body_len: 0,
-                body_sha256: String::new(),
-            };
+            let header = Header { documents: exported.alive.iter().filter(|&&a| a).count(), ..Header::from(want) };
             snapshot::write(&target, header, &exported).map_err(|e| error_chain(&e))?;
             Ok(true)
         })

@@ -88,17 +88,7 @@ fn expected_of(index: &VectorIndex, sequence: i64) -> Expected {
 fn save(index: &VectorIndex, path: &std::path::Path, sequence: i64) {
     let exported = index.export().unwrap().expect("a graph");
     let want = expected_of(index, sequence);
-    let header = Header {
-        model: want.model,
-        version: want.version,
-        dimension: want.dimension,
-        backend: want.backend,
-        precision: want.precision,
-        sequence,
-        documents: index.len(),
-        body_len: 0,
-        body_sha256: String::new(),
-    };
+    let header = Header { documents: index.len(), ..Header::from(want) };
     snapshot::write(path, header, &exported).unwrap();
 }
 

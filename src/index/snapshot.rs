@@ -49,6 +49,23 @@ pub struct Expected {
     pub documents: usize,
 }
 
+impl From<Expected> for Header {
+    /// The header of a snapshot of what is expected; the body's length and checksum are filled in when written.
+    fn from(e: Expected) -> Self {
+        Header {
+            model: e.model,
+            version: e.version,
+            dimension: e.dimension,
+            backend: e.backend,
+            precision: e.precision,
+            sequence: e.sequence,
+            documents: e.documents,
+            body_len: 0,
+            body_sha256: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("no snapshot")]
