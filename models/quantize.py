@@ -47,16 +47,30 @@ class Variant:
     # projections (1536 → 384 in MiniLM), whose inputs (after GELU) have the widest range, so one int8 scale per
     # tensor for them loses the most.
     keep_down_projections: bool = False
+    # Keep in fp32 the graph's last MatMul: EmbeddingGemma's folded Dense layers (768 → 768, after the final
+    # norm), whose int8 form alone cost most of the fidelity.
+    keep_output_projection: bool = False
 
 
 # Measured on MiniLM (README "int8 models"): quantising every MatMul too left `duet verify` at cosine 0.986 (a
-# short text padded beside a long one), keeping the down-projections in fp32 at 0.992. mpnet and SmolLM2 have no
-# variant yet: not measured.
+# short text padded beside a long one), keeping the down-projections in fp32 at 0.992. EmbeddingGemma (min cosine
+# with fp32 on its reference texts, ONNX Runtime): down-projections kept 0.9875; also every attention output
+# projection and the output projection 0.9991; the down-projections and the output projection alone 0.9987;
+# every MatMul but those, and the embeddings' Gather (800 MB of the 1.2 GB) too: see README "int8 models".
+# mpnet and SmolLM2 have no variant yet: not measured.
 VARIANTS = [
     Variant(name="minilm-int8", source="minilm", keep_down_projections=True),
+    Variant(name="embeddinggemma-int8", source="embeddinggemma", keep_down_projections=True,
+            keep_output_projection=True),
 ]
 
 OUTPUT_FILES = ["model.onnx", "tokenizer.json", "model.toml"]
+# License and provenance files travel with the weights: copied from the source folder when it has them.
+LICENSE_FILES = ["GEMMA_TERMS.html", "NOTICE.md"]
+
+
+def outputs(source_dir: Path) -> list[str]:
+    return OUTPUT_FILES + [f for f in LICENSE_FILES if (source_dir / f).is_file()]
 # The same floor as `duet verify` (src/encoder/verify.rs QUANTIZED_MIN_COSINE).
 MIN_COSINE = 0.99
 
@@ -84,8 +98,19 @@ def down_projections(path: Path) -> list[str]:
             and shapes[n.input[1]][0] > shapes[n.input[1]][1]]
 
 
+def output_projection(path: Path) -> list[str]:
+    """The graph's last MatMul with a constant weight."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in constants]
+    return matmuls[-1:]
+
+
 def quantize(source: Path, out: Path, weight_type: str = "QInt8", op_types: list[str] | None = None,
-             per_channel: bool = True, keep_down_projections: bool = False) -> None:
+             per_channel: bool = True, keep_down_projections: bool = False,
+             keep_output_projection: bool = False) -> None:
     """Dynamic quantisation of the ONNX file `source` into `out` (weights inside the file)."""
     import logging
 
@@ -99,7 +124,8 @@ def quantize(source: Path, out: Path, weight_type: str = "QInt8", op_types: list
         per_channel=per_channel,
         weight_type=getattr(QuantType, weight_type),
         op_types_to_quantize=op_types,
-        nodes_to_exclude=down_projections(source) if keep_down_projections else None,
+        nodes_to_exclude=(down_projections(source) if keep_down_projections else [])
+        + (output_projection(source) if keep_output_projection else []) or None,
     )
 
 
@@ -113,11 +139,15 @@ def variant_manifest(source_toml: str, variant: Variant, built_by: str = "models
         f"# {variant.name}: {variant.source} (below) dynamically quantised by models/quantize.py: {variant.weight_type}",
         f"# weights, one scale per output channel (per_channel={variant.per_channel}), ops: "
         f"{', '.join(variant.op_types or ['all'])}"
-        f"{' but the feed-forward down-projections (kept fp32)' if variant.keep_down_projections else ''};",
+        f"{' but the feed-forward down-projections (kept fp32)' if variant.keep_down_projections else ''}"
+        f"{' and the output projection (kept fp32)' if variant.keep_output_projection else ''};",
         "# activations quantised at run time.",
         f"# Built by {built_by}; do not edit (a rebuild overwrites it).",
     ]
-    return "\n".join(header + named + [f'quantized_from = "../{variant.source}"']) + "\n"
+    # Top-level keys must come before the manifest's first table ([tasks.*]): right after the name.
+    at = next(i for i, line in enumerate(named) if line.startswith("name = ")) + 1
+    named.insert(at, f'quantized_from = "../{variant.source}"')
+    return "\n".join(header + named) + "\n"
 
 
 def reference_cosines(source_dir: Path, variant_onnx: Path) -> dict:
@@ -168,12 +198,12 @@ def expected_stamp(variant: Variant, source_dir: Path) -> dict:
     }
 
 
-def up_to_date(folder: Path, stamp: dict) -> bool:
+def up_to_date(folder: Path, stamp: dict, names: list[str]) -> bool:
     try:
         old = json.loads((folder / ".prepared.json").read_text())
     except (OSError, ValueError):
         return False
-    if old.get("inputs") != stamp or set(old.get("files", {})) != set(OUTPUT_FILES):
+    if old.get("inputs") != stamp or set(old.get("files", {})) != set(names):
         return False
     return all((folder / n).is_file() and sha256_file(folder / n) == d for n, d in old["files"].items())
 
@@ -185,21 +215,23 @@ def build(variant: Variant, out: Path, force: bool) -> None:
         log(f"{variant.name}: {source_dir} is not prepared, skipped")
         return
     stamp = expected_stamp(variant, source_dir)
-    if not force and up_to_date(folder, stamp):
+    if not force and up_to_date(folder, stamp, outputs(source_dir)):
         log(f"{variant.name}: up to date in {folder}, skipped")
         return
     started = time.monotonic()
     staging = Path(tempfile.mkdtemp(prefix=f".{variant.name}.", dir=out))
     try:
         quantize(source_dir / "model.onnx", staging / "model.onnx", variant.weight_type, variant.op_types,
-                 variant.per_channel, variant.keep_down_projections)
+                 variant.per_channel, variant.keep_down_projections, variant.keep_output_projection)
         shutil.copyfile(source_dir / "tokenizer.json", staging / "tokenizer.json")
+        for name in outputs(source_dir)[len(OUTPUT_FILES):]:
+            shutil.copyfile(source_dir / name, staging / name)
         (staging / "model.toml").write_text(variant_manifest((source_dir / "model.toml").read_text(), variant))
         checks = reference_cosines(source_dir, staging / "model.onnx")
         if checks and checks["min_cosine"] < MIN_COSINE:
             raise SystemExit(f"quantize: {variant.name}: cosine with {variant.source} fell to "
                              f"{checks['min_cosine']:.4f} < {MIN_COSINE}")
-        files = {n: sha256_file(staging / n) for n in OUTPUT_FILES}
+        files = {n: sha256_file(staging / n) for n in outputs(source_dir)}
         (staging / ".prepared.json").write_text(
             json.dumps({"inputs": stamp, "files": files, "checks": checks}, indent=2) + "\n")
         if folder.exists():
@@ -233,14 +265,14 @@ def main() -> int:
             key, value = setting.split("=")
             if key == "op_types":
                 variant.op_types = value.split("+")
-            elif key in ("per_channel", "keep_down_projections"):
+            elif key in ("per_channel", "keep_down_projections", "keep_output_projection"):
                 setattr(variant, key, value in ("1", "true", "True"))
             else:
                 setattr(variant, key, value)
         variants.append(variant)
     if args.only:
         wanted = set(args.only.split(","))
-        variants = [v for v in VARIANTS if v.source in wanted or v.name in wanted]
+        variants = [v for v in variants if v.source in wanted or v.name in wanted]
     for variant in variants:
         build(variant, args.out.resolve(), args.force)
     return 0

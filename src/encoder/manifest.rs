@@ -26,8 +26,10 @@ pub enum ModelKind {
 pub enum ModelRole {
     /// Trained on the user's own (query, result) pairs.
     TwoTower,
-    /// A general pretrained embedding model.
+    /// An embedding model derived from a large language model and trained to embed (EmbeddingGemma).
     LlmEmbedding,
+    /// A small pretrained sentence encoder (MiniLM, mpnet), kept as a baseline.
+    Encoder,
     /// A language model whose hidden states are used as they are.
     RawLlm,
 }
@@ -73,7 +75,7 @@ pub enum PaddingSide {
 pub struct Manifest {
     pub name: String,
     pub kind: ModelKind,
-    /// Defaults by kind: two-tower → `two-tower`, encoder → `llm-embedding`, llm → `raw-llm`.
+    /// Defaults by kind: two-tower → `two-tower`, encoder → `encoder`, llm → `raw-llm`.
     pub role: Option<ModelRole>,
     pub dimension: usize,
     /// Defaults by kind: llm → `last-token`, otherwise `mean`.
@@ -139,7 +141,7 @@ impl Manifest {
     pub fn role(&self) -> ModelRole {
         self.role.unwrap_or(match self.kind {
             ModelKind::TwoTower => ModelRole::TwoTower,
-            ModelKind::Encoder => ModelRole::LlmEmbedding,
+            ModelKind::Encoder => ModelRole::Encoder,
             ModelKind::Llm => ModelRole::RawLlm,
         })
     }
