@@ -155,7 +155,7 @@ async fn models_describe_themselves_and_embed_uses_the_right_tower() {
     let llm = by_name("tiny-llm");
     assert_eq!((llm["kind"].as_str(), llm["pooling"].as_str()), (Some("llm"), Some("last-token")));
     assert_eq!(llm["query_prefix"], "query : ");
-    assert_eq!(by_name("tiny-encoder")["role"], "llm-embedding");
+    assert_eq!(by_name("tiny-encoder")["role"], "encoder");
 
     // The two towers of the two-tower model give different vectors for the same text.
     let text = "sort a list of numbers";
