@@ -348,6 +348,10 @@ pub struct ModelEntry {
     pub index: IndexParams,
     #[serde(default)]
     pub encoder: Option<EncoderSettings>,
+    /// Which of the manifest's `[tasks]` frames the texts (default: the manifest's `task`). Its prompts are part
+    /// of the model's version: changing it re-encodes the stored documents.
+    #[serde(default)]
+    pub task: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {

@@ -24,7 +24,7 @@ fn copy_model(name: &str, dir: &Path, edit: impl Fn(String) -> String) -> ModelE
     let text = std::fs::read_to_string(&manifest).unwrap();
     let edited = edit(text.clone());
     std::fs::write(&manifest, &edited).unwrap();
-    ModelEntry { path: to, index: IndexParams::default(), encoder: None }
+    ModelEntry { path: to, index: IndexParams::default(), encoder: None, task: None }
 }
 
 fn config(dir: &Path, model: ModelEntry) -> Config {

@@ -116,7 +116,7 @@ fn write_variant(root: &Path, v: &Variant) -> ModelEntry {
     let dir = root.join(v.name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("model.toml"), v.manifest.replace("name='x'", &format!("name='{}'", v.name))).unwrap();
-    ModelEntry { path: dir, index: Default::default(), encoder: None }
+    ModelEntry { path: dir, index: Default::default(), encoder: None, task: None }
 }
 
 fn close(a: &[Value], b: &[Value]) -> f64 {

@@ -53,7 +53,7 @@ impl ServerArgs {
             config.models = self
                 .models
                 .iter()
-                .map(|path| ModelEntry { path: path.clone(), index: Default::default(), encoder: None })
+                .map(|path| ModelEntry { path: path.clone(), index: Default::default(), encoder: None, task: None })
                 .collect();
         }
         if let Some(name) = &self.default_model {

@@ -1,5 +1,8 @@
-//! The model manifest, `models/<name>/model.toml`: what a model folder holds and how to run it.
+//! The model manifest, `models/<name>/model.toml`: what a model folder holds and how to run it — its files, its
+//! pooling, its served width (a Matryoshka `dimension` below the network's own), and its prompts, either one
+//! query/document pair or one pair per task (`[tasks.X]`, with a default `task` that a config entry may change).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -26,10 +29,10 @@ pub enum ModelKind {
 pub enum ModelRole {
     /// Trained on the user's own (query, result) pairs.
     TwoTower,
-    /// An embedding model derived from a large language model and trained to embed (EmbeddingGemma).
-    LlmEmbedding,
     /// A small pretrained sentence encoder (MiniLM, mpnet), kept as a baseline.
     Encoder,
+    /// An embedding model derived from a large language model and trained to embed (EmbeddingGemma).
+    LlmEmbedding,
     /// A language model whose hidden states are used as they are.
     RawLlm,
 }
@@ -75,9 +78,17 @@ pub enum PaddingSide {
 pub struct Manifest {
     pub name: String,
     pub kind: ModelKind,
-    /// Defaults by kind: two-tower → `two-tower`, encoder → `encoder`, llm → `raw-llm`.
+    /// Defaults by kind: two-tower → `two-tower`, encoder → `encoder`, llm → `raw-llm` (`llm-embedding` is given
+    /// explicitly).
     pub role: Option<ModelRole>,
+    /// The served width. Below `network_dimension`, vectors keep their first `dimension` components
+    /// (Matryoshka truncation), re-normalised when `normalize` is on.
     pub dimension: usize,
+    /// The width the network emits (default: `dimension`).
+    pub network_dimension: Option<usize>,
+    /// The widths the model was trained to be cut to (e.g. `[768, 512, 256, 128]`): informational, and when
+    /// given, `dimension` must be one of them.
+    pub matryoshka_dimensions: Option<Vec<usize>>,
     /// Defaults by kind: llm → `last-token`, otherwise `mean`.
     pub pooling: Option<Pooling>,
     /// Output to read: defaults to `sentence_embedding` for `output` pooling, else `last_hidden_state` (or the
@@ -99,6 +110,12 @@ pub struct Manifest {
     /// `This sentence: "{text}" means in one word: "` (PromptEOL, Jiang et al. 2023).
     pub query_template: Option<String>,
     pub document_template: Option<String>,
+    /// The default task, naming one of `tasks` (given with `tasks`, and only then).
+    pub task: Option<String>,
+    /// Prompts per task, instead of the top-level prefixes and templates (e.g. EmbeddingGemma's one document
+    /// prompt and its query prompts for search results and code retrieval).
+    #[serde(default)]
+    pub tasks: BTreeMap<String, Prompts>,
     /// The network of a single-network model, or both towers of a two-tower model with shared weights.
     pub onnx: Option<PathBuf>,
     pub query_onnx: Option<PathBuf>,
@@ -109,6 +126,42 @@ pub struct Manifest {
     /// A quantised variant (e.g. int8): the folder of the full-precision model it was made from, relative to
     /// this folder (`"../minilm"`). Serving does not need it; `duet verify` compares the two.
     pub quantized_from: Option<PathBuf>,
+}
+
+/// How texts are framed on each side: a prefix, or a template holding `{text}` once (not both on one side).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompts {
+    #[serde(default)]
+    pub query_prefix: String,
+    #[serde(default)]
+    pub document_prefix: String,
+    pub query_template: Option<String>,
+    pub document_template: Option<String>,
+}
+
+impl Prompts {
+    /// What is wrong with these prompts, if anything.
+    fn check(&self) -> Result<(), String> {
+        for (side, prefix, template) in [
+            ("query", &self.query_prefix, &self.query_template),
+            ("document", &self.document_prefix, &self.document_template),
+        ] {
+            if let Some(template) = template {
+                if template.matches("{text}").count() != 1 {
+                    return Err(format!("{side}_template must hold `{{text}}` exactly once"));
+                }
+                if !prefix.is_empty() {
+                    return Err(format!("give {side}_prefix or {side}_template, not both"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == Prompts::default()
+    }
 }
 
 fn default_true() -> bool {
@@ -124,6 +177,9 @@ fn default_max_tokens() -> usize {
 pub struct ResolvedManifest {
     pub manifest: Manifest,
     pub dir: PathBuf,
+    /// The task whose prompts are used (one of `manifest.tasks`): the manifest's default `task` unless
+    /// [`ResolvedManifest::select_task`] chose another. `None` for a manifest without tasks.
+    pub task: Option<String>,
     pub query_onnx: PathBuf,
     pub document_onnx: PathBuf,
     pub query_tokenizer: PathBuf,
@@ -146,6 +202,21 @@ impl Manifest {
         })
     }
 
+    /// The width the network emits.
+    pub fn network_dimension(&self) -> usize {
+        self.network_dimension.unwrap_or(self.dimension)
+    }
+
+    /// The top-level prompts (empty for a manifest with tasks).
+    fn top_level_prompts(&self) -> Prompts {
+        Prompts {
+            query_prefix: self.query_prefix.clone(),
+            document_prefix: self.document_prefix.clone(),
+            query_template: self.query_template.clone(),
+            document_template: self.document_template.clone(),
+        }
+    }
+
     /// Reads `dir/model.toml` and resolves its files.
     pub fn load(dir: &Path) -> Result<ResolvedManifest, EncoderError> {
         let path = dir.join("model.toml");
@@ -166,16 +237,54 @@ impl Manifest {
         if manifest.dimension == 0 {
             return Err(fail("dimension must be positive".into()));
         }
-        for (side, prefix, template) in [
-            ("query", &manifest.query_prefix, &manifest.query_template),
-            ("document", &manifest.document_prefix, &manifest.document_template),
-        ] {
-            if let Some(template) = template {
-                if template.matches("{text}").count() != 1 {
-                    return Err(fail(format!("{side}_template must hold `{{text}}` exactly once")));
+        let network_dimension = manifest.network_dimension();
+        if manifest.dimension > network_dimension {
+            return Err(fail(format!(
+                "dimension {} is wider than the network's network_dimension {network_dimension}; a served width \
+                 can only cut the network's vectors",
+                manifest.dimension
+            )));
+        }
+        if let Some(widths) = &manifest.matryoshka_dimensions {
+            if let Some(bad) = widths.iter().find(|&&w| w == 0 || w > network_dimension) {
+                return Err(fail(format!("matryoshka_dimensions holds {bad}, outside 1..={network_dimension}")));
+            }
+            if !widths.contains(&manifest.dimension) {
+                return Err(fail(format!(
+                    "dimension {} is not one of matryoshka_dimensions {widths:?}",
+                    manifest.dimension
+                )));
+            }
+        }
+        let top_level = manifest.top_level_prompts();
+        top_level.check().map_err(&fail)?;
+        match (&manifest.task, manifest.tasks.is_empty()) {
+            (None, true) => {}
+            (Some(task), true) => {
+                return Err(fail(format!("task = {task:?} names a default task, but there is no [tasks] table")))
+            }
+            (None, false) => {
+                return Err(fail(format!(
+                    "give the default task (`task = ...`, one of {})",
+                    known_tasks(&manifest.tasks)
+                )))
+            }
+            (Some(task), false) => {
+                if !top_level.is_empty() {
+                    return Err(fail(
+                        "give prompts at the top level or per task in [tasks], not both (move the top-level \
+                         query_/document_ prefixes and templates into each task)"
+                            .into(),
+                    ));
                 }
-                if !prefix.is_empty() {
-                    return Err(fail(format!("give {side}_prefix or {side}_template, not both")));
+                if !manifest.tasks.contains_key(task) {
+                    return Err(fail(format!(
+                        "the default task {task:?} is not one of its tasks: {}",
+                        known_tasks(&manifest.tasks)
+                    )));
+                }
+                for (name, prompts) in &manifest.tasks {
+                    prompts.check().map_err(|message| fail(format!("[tasks.{name}]: {message}")))?;
                 }
             }
         }
@@ -207,6 +316,7 @@ impl Manifest {
         };
         let resolved = ResolvedManifest {
             dir: dir.to_path_buf(),
+            task: manifest.task.clone(),
             query_onnx: dir.join(query_onnx),
             document_onnx: dir.join(document_onnx),
             query_tokenizer: dir.join(query_tokenizer),
@@ -222,7 +332,42 @@ impl Manifest {
     }
 }
 
+/// The task names, for messages: `a, b, c`.
+fn known_tasks(tasks: &BTreeMap<String, Prompts>) -> String {
+    tasks.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+}
+
 impl ResolvedManifest {
+    /// Uses `task`'s prompts instead of the default task's (`None`: keep the default). A model without tasks, or
+    /// a task it does not have, is an error naming the known ones.
+    pub fn select_task(&mut self, task: Option<&str>) -> Result<(), EncoderError> {
+        let Some(task) = task else { return Ok(()) };
+        let fail = |message: String| EncoderError::Manifest {
+            path: self.dir.join("model.toml").display().to_string(),
+            message,
+            source: None,
+        };
+        if self.manifest.tasks.is_empty() {
+            return Err(fail(format!("task {task:?} was asked for, but this model has no [tasks]")));
+        }
+        if !self.manifest.tasks.contains_key(task) {
+            return Err(fail(format!(
+                "task {task:?} was asked for, but it is not one of its tasks: {}",
+                known_tasks(&self.manifest.tasks)
+            )));
+        }
+        self.task = Some(task.to_string());
+        Ok(())
+    }
+
+    /// The prompts in use: the chosen task's, or the top-level ones.
+    pub fn prompts(&self) -> Prompts {
+        match self.task.as_ref().and_then(|t| self.manifest.tasks.get(t)) {
+            Some(prompts) => prompts.clone(),
+            None => self.manifest.top_level_prompts(),
+        }
+    }
+
     /// The full-precision model folder a quantised variant was made from (`quantized_from`, resolved).
     pub fn quantized_from(&self) -> Option<PathBuf> {
         self.manifest.quantized_from.as_ref().map(|p| self.dir.join(p))
@@ -257,81 +402,14 @@ impl ResolvedManifest {
             let mut file = std::fs::File::open(path).map_err(unreadable)?;
             std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
         }
+        // The chosen task's prompts frame every text, so another task is another version.
+        if let Some(task) = &self.task {
+            hasher.update(b"\0task=");
+            hasher.update(task.as_bytes());
+        }
         Ok(hex::encode(&hasher.finalize()[..6]))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, manifest: &str, files: &[&str]) {
-        std::fs::write(dir.join("model.toml"), manifest).unwrap();
-        for f in files {
-            std::fs::write(dir.join(f), b"x").unwrap();
-        }
-    }
-
-    #[test]
-    fn defaults_follow_the_kind() {
-        let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "name='m'\nkind='llm'\ndimension=8\nonnx='m.onnx'\ntokenizer='t.json'\n",
-            &["m.onnx", "t.json"],
-        );
-        let m = Manifest::load(dir.path()).unwrap();
-        assert_eq!(m.manifest.pooling(), Pooling::LastToken);
-        assert_eq!(m.manifest.role(), ModelRole::RawLlm);
-        assert_eq!(m.query_onnx, m.document_onnx);
-        assert_eq!(m.files().len(), 2);
-    }
-
-    #[test]
-    fn two_tower_needs_both_towers_and_rejects_unknown_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        write(
-            dir.path(),
-            "name='m'\nkind='two-tower'\ndimension=8\nquery_onnx='q.onnx'\ntokenizer='t.json'\n",
-            &["q.onnx", "t.json"],
-        );
-        let err = Manifest::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("query_onnx"), "{err}");
-        write(
-            dir.path(),
-            "name='m'\nkind='encoder'\ndimension=8\nonnx='q.onnx'\ntokenizer='t.json'\npoolng='cls'\n",
-            &[],
-        );
-        let err = crate::util::error_chain(&Manifest::load(dir.path()).unwrap_err());
-        assert!(err.contains("poolng"), "{err}");
-    }
-
-    #[test]
-    fn templates_hold_the_text_once_and_exclude_prefixes() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = "name='m'\nkind='llm'\ndimension=8\nonnx='m.onnx'\ntokenizer='t.json'\n";
-        write(dir.path(), &format!("{base}query_template='no placeholder'\n"), &["m.onnx", "t.json"]);
-        assert!(Manifest::load(dir.path()).unwrap_err().to_string().contains("exactly once"));
-        write(dir.path(), &format!("{base}query_template='Q: {{text}}'\nquery_prefix='x'\n"), &[]);
-        assert!(Manifest::load(dir.path()).unwrap_err().to_string().contains("not both"));
-        write(
-            dir.path(),
-            &format!("{base}document_template='This sentence: \"{{text}}\" means in one word: \"'\n"),
-            &[],
-        );
-        assert!(Manifest::load(dir.path()).is_ok());
-    }
-
-    #[test]
-    fn missing_files_and_version_changes_are_detected() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "name='m'\nkind='encoder'\ndimension=8\nonnx='m.onnx'\ntokenizer='t.json'\n", &["m.onnx"]);
-        assert!(Manifest::load(dir.path()).unwrap_err().to_string().contains("t.json"));
-        std::fs::write(dir.path().join("t.json"), b"{}").unwrap();
-        let v1 = Manifest::load(dir.path()).unwrap().version().unwrap();
-        std::fs::write(dir.path().join("m.onnx"), b"other weights").unwrap();
-        let v2 = Manifest::load(dir.path()).unwrap().version().unwrap();
-        assert_ne!(v1, v2);
-        assert_eq!(v1.len(), 12);
-    }
-}
+mod tests;

@@ -15,7 +15,7 @@ pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
-pub use manifest::{Manifest, ModelKind, ModelRole, PaddingSide, Pooling};
+pub use manifest::{Manifest, ModelKind, ModelRole, PaddingSide, Pooling, Prompts};
 pub use queue::{EncoderHandle, EncoderHealth, Priority, QueueOptions, Rebuild};
 
 /// Which side of the retrieval problem a text is on. Two-tower models run a different network per side;
@@ -55,7 +55,13 @@ pub struct ModelInfo {
     pub name: String,
     pub kind: ModelKind,
     pub role: ModelRole,
+    /// The served width (below `network_dimension`: the network's vectors cut to it, Matryoshka-style).
     pub dimension: usize,
+    /// The width the network emits.
+    pub network_dimension: usize,
+    /// The widths the model was trained to be cut to, when its manifest says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matryoshka_dimensions: Option<Vec<usize>>,
     /// Content hash of the manifest, networks and tokenizers: embeddings are stored per version.
     pub version: String,
     pub pooling: Pooling,
@@ -68,6 +74,12 @@ pub struct ModelInfo {
     pub query_template: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub document_template: Option<String>,
+    /// The task whose prompts are in use (the prefixes and templates above), for a model with prompts per task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Every task the manifest has prompts for (empty: none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
 }
 
 impl ModelInfo {
@@ -89,6 +101,16 @@ impl ModelInfo {
             Side::Query => self.query_prefix.is_empty() && self.query_template.is_none(),
             Side::Document => self.document_prefix.is_empty() && self.document_template.is_none(),
         }
+    }
+}
+
+/// Matryoshka truncation: keeps the first `dimension` components of `vector` and, when `normalize`, scales it
+/// back to unit length (a cut unit vector is shorter than 1). A vector no wider than `dimension` is only
+/// re-normalised.
+pub fn truncate(vector: &mut Vec<f32>, dimension: usize, normalize: bool) {
+    vector.truncate(dimension);
+    if normalize {
+        crate::util::normalize(vector);
     }
 }
 
@@ -202,5 +224,30 @@ pub trait Encoder: Send + Sync + 'static {
             ));
         }
         Ok(Encoded { vectors, truncated: tokens.iter().map(|t| t.truncated).collect() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_keeps_the_first_components_at_unit_length() {
+        let full = {
+            let mut v = vec![3.0, 4.0, 12.0, 0.5, -2.0];
+            crate::util::normalize(&mut v);
+            v
+        };
+        let mut cut = full.clone();
+        truncate(&mut cut, 2, true);
+        assert_eq!(cut.len(), 2);
+        let norm: f32 = cut.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-6, "unit length after the cut: {norm}");
+        let scale = cut[0] / full[0];
+        assert!((cut[1] - full[1] * scale).abs() < 1e-6, "the full vector's first components, rescaled");
+        assert!((cut[0] - 0.6).abs() < 1e-6 && (cut[1] - 0.8).abs() < 1e-6, "{cut:?}");
+        let mut raw = full.clone();
+        truncate(&mut raw, 2, false);
+        assert_eq!(raw, full[..2], "without normalize, only cut");
     }
 }

@@ -16,7 +16,7 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use super::manifest::ResolvedManifest;
 use super::pooling::pool;
-use super::{Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side, Tokens};
+use super::{truncate, Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side, Tokens};
 use crate::util::normalize;
 
 /// Characters kept per token of `max_tokens` before tokenising. A token of the shipped vocabularies rarely spans
@@ -69,6 +69,8 @@ pub struct OnnxTower {
     output: String,
     pooling: Pooling,
     normalize: bool,
+    /// The width the network emits, and the served width its vectors are cut to (Matryoshka).
+    network_dimension: usize,
     dimension: usize,
 }
 
@@ -180,6 +182,7 @@ impl OnnxTower {
             output,
             pooling,
             normalize: m.normalize,
+            network_dimension: m.network_dimension(),
             dimension: m.dimension,
         })
     }
@@ -244,15 +247,17 @@ impl OnnxTower {
         let (out_shape, states) = outputs[self.output.as_str()].try_extract_tensor::<f32>().map_err(infer_err)?;
         let dims: Vec<i64> = out_shape.iter().copied().collect();
         let expected_rank = if self.pooling == Pooling::Output { 2 } else { 3 };
-        if dims.len() != expected_rank || dims[0] as usize != batch || *dims.last().unwrap() as usize != self.dimension
+        if dims.len() != expected_rank
+            || dims[0] as usize != batch
+            || *dims.last().unwrap() as usize != self.network_dimension
         {
             let needs = if expected_rank == 3 { "[batch, sequence, dimension]" } else { "[batch, dimension]" };
             return Err(EncoderError::Mismatch {
                 model: self.model.clone(),
                 manifest: format!(
-                    "pooling {} (an output of shape {needs}) and dimension {}",
+                    "pooling {} (an output of shape {needs}) and network dimension {}",
                     self.pooling.as_str(),
-                    self.dimension
+                    self.network_dimension
                 ),
                 network: format!("output `{}` of shape {dims:?} for {batch} input(s)", self.output),
             });
@@ -264,10 +269,13 @@ impl OnnxTower {
                 format!("output sequence length {out_seq} differs from the input's {seq}"),
             ));
         }
-        let mut vectors = pool(states, batch, out_seq, self.dimension, &mask, self.pooling);
+        let mut vectors = pool(states, batch, out_seq, self.network_dimension, &mask, self.pooling);
         drop(outputs);
         drop(session);
-        if self.normalize {
+        if self.dimension < self.network_dimension {
+            // Normalised after the cut: the kept components of a unit vector are shorter than 1.
+            vectors.iter_mut().for_each(|v| truncate(v, self.dimension, self.normalize));
+        } else if self.normalize {
             vectors.iter_mut().for_each(|v| normalize(v));
         }
         if let Some(bad) = vectors.iter().position(|v| v.iter().any(|x| !x.is_finite())) {
@@ -364,19 +372,24 @@ pub fn load(
     options: SessionOptions,
 ) -> Result<Box<dyn Encoder>, EncoderError> {
     let m = &resolved.manifest;
+    let prompts = resolved.prompts();
     let info = ModelInfo {
         name: m.name.clone(),
         kind: m.kind,
         role: m.role(),
         dimension: m.dimension,
+        network_dimension: m.network_dimension(),
+        matryoshka_dimensions: m.matryoshka_dimensions.clone(),
         version: resolved.version()?,
         pooling: m.pooling(),
         normalize: m.normalize,
         max_tokens: m.max_tokens,
-        query_prefix: m.query_prefix.clone(),
-        document_prefix: m.document_prefix.clone(),
-        query_template: m.query_template.clone(),
-        document_template: m.document_template.clone(),
+        query_prefix: prompts.query_prefix,
+        document_prefix: prompts.document_prefix,
+        query_template: prompts.query_template,
+        document_template: prompts.document_template,
+        task: resolved.task.clone(),
+        tasks: m.tasks.keys().cloned().collect(),
     };
     match m.kind {
         ModelKind::TwoTower => {
@@ -401,7 +414,11 @@ pub fn reloader(
     version: String,
 ) -> super::Rebuild {
     Arc::new(move |options: SessionOptions| {
-        let encoder = load(&super::Manifest::load(&resolved.dir)?, env, options)?;
+        // The same name and task as the version served.
+        let mut fresh = super::Manifest::load(&resolved.dir)?;
+        fresh.manifest.name = resolved.manifest.name.clone();
+        fresh.select_task(resolved.task.as_deref())?;
+        let encoder = load(&fresh, env, options)?;
         if encoder.info().version != version {
             return Err(load_err(
                 &encoder.info().name,

@@ -41,6 +41,8 @@ pub(super) struct Loader {
     defaults: EncoderSettings,
     /// Index and encoder settings of the config's `[[models]]` entries, by model name.
     entries: RwLock<BTreeMap<String, (IndexParams, EncoderSettings)>>,
+    /// The task a config entry picks among its manifest's `[tasks]`, by model name.
+    tasks: RwLock<BTreeMap<String, String>>,
     /// `models_dir`, canonical (when it exists).
     root: PathBuf,
 }
@@ -52,16 +54,33 @@ impl Loader {
         env: &'static encoder::runtime::Environment,
     ) -> Result<(Self, Vec<(String, PathBuf)>), EngineError> {
         let mut entries = BTreeMap::new();
+        let mut tasks = BTreeMap::new();
         let mut named = Vec::new();
         for entry in &config.models {
-            let name = Manifest::load(&entry.path)?.manifest.name;
+            let mut resolved = Manifest::load(&entry.path)?;
+            // An unknown task is refused here, naming the known ones.
+            resolved.select_task(entry.task.as_deref())?;
+            let name = resolved.manifest.name;
             if entries.insert(name.clone(), (entry.index, entry.encoder.unwrap_or(config.encoder))).is_some() {
                 return Err(EngineError::DuplicateModel(name));
+            }
+            if let Some(task) = &entry.task {
+                tasks.insert(name.clone(), task.clone());
             }
             named.push((name, canonical(&entry.path)));
         }
         let root = canonical(&config.models_dir);
-        Ok((Self { env, defaults: config.encoder, entries: RwLock::new(entries), root }, named))
+        let loader =
+            Self { env, defaults: config.encoder, entries: RwLock::new(entries), tasks: RwLock::new(tasks), root };
+        Ok((loader, named))
+    }
+
+    /// The manifest in `path`, as served under `name`: with the task its config entry picks.
+    pub(super) fn manifest(&self, path: &Path, name: &str) -> Result<encoder::manifest::ResolvedManifest, EngineError> {
+        let mut resolved = Manifest::load(path)?;
+        resolved.manifest.name = name.to_string();
+        resolved.select_task(self.tasks.read().get(name).map(String::as_str))?;
+        Ok(resolved)
     }
 
     /// Index and encoder settings of a model: its config entry's, else the defaults.
@@ -71,8 +90,7 @@ impl Loader {
 
     /// Loads a model version from its folder and serves it under `name` (blocking: reads and probes the network).
     pub(super) fn load(&self, path: &Path, name: &str, metrics: &Arc<Metrics>) -> Result<ServedModel, EngineError> {
-        let mut resolved = Manifest::load(path)?;
-        resolved.manifest.name = name.to_string();
+        let resolved = self.manifest(path, name)?;
         let (params, settings) = self.settings(name);
         let started = Instant::now();
         let loaded = encoder::onnx::load(&resolved, self.env, settings.session())?;
@@ -229,6 +247,7 @@ impl Engine {
     pub fn configure_models(&self, config: &Config) -> Result<Vec<(String, PathBuf)>, EngineError> {
         let (fresh, named) = Loader::new(config, self.loader.env)?;
         *self.loader.entries.write() = fresh.entries.into_inner();
+        *self.loader.tasks.write() = fresh.tasks.into_inner();
         Ok(named)
     }
 
@@ -252,7 +271,7 @@ impl Engine {
         let previous = previous_version(&rows, name, Some(&serving.info.version))
             .ok_or_else(|| no_previous(" (it was never replaced, or the retention period removed it)"))?;
         let folder = PathBuf::from(&previous.path);
-        let version = Manifest::load(&folder).and_then(|m| m.version()).map_err(|_| {
+        let version = self.loader.manifest(&folder, name).and_then(|m| Ok(m.version()?)).map_err(|_| {
             no_previous(&format!(
                 ": version {} was loaded from {}, which no longer holds a model",
                 previous.version, previous.path

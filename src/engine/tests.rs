@@ -11,7 +11,12 @@ use crate::encoder::{EncoderHandle, Manifest};
 use crate::index::{IndexParams, VectorIndex};
 
 fn tiny(name: &str, index: IndexParams) -> ModelEntry {
-    ModelEntry { path: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name), index, encoder: None }
+    ModelEntry {
+        path: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models").join(name),
+        index,
+        encoder: None,
+        task: None,
+    }
 }
 
 fn config(store: &Path, models: Vec<ModelEntry>) -> Config {

@@ -173,6 +173,7 @@ async fn open_engine(options: &RunOptions, data: &EvalData) -> Result<std::sync:
                 // Always build the graph, whatever the sample size, so HNSW is measured against exact search.
                 index: crate::index::IndexParams { exact_below: 0, ..Default::default() },
                 encoder: None,
+                task: None,
             })
             .collect(),
         ..Config::default()

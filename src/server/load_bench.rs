@@ -128,7 +128,7 @@ fn config(settings: &LoadBenchSettings) -> Config {
         models: settings
             .models
             .iter()
-            .map(|path| ModelEntry { path: path.clone(), index: Default::default(), encoder: None })
+            .map(|path| ModelEntry { path: path.clone(), index: Default::default(), encoder: None, task: None })
             .collect(),
         ..Config::default()
     };

@@ -85,7 +85,7 @@ fn config(settings: &ReplicaBenchSettings, model: &PathBuf, store: &str) -> Conf
         postgres: settings.postgres,
         replication: settings.replication,
         onnxruntime: settings.onnxruntime.clone(),
-        models: vec![ModelEntry { path: model.clone(), index: Default::default(), encoder: None }],
+        models: vec![ModelEntry { path: model.clone(), index: Default::default(), encoder: None, task: None }],
         ..Config::default()
     }
 }

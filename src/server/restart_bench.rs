@@ -96,7 +96,7 @@ fn config(model: &Path, store: &Path, onnxruntime: Option<PathBuf>) -> Config {
     Config {
         store: StoreLocation::Sqlite(store.to_path_buf()),
         onnxruntime,
-        models: vec![ModelEntry { path: model.to_path_buf(), index: Default::default(), encoder: None }],
+        models: vec![ModelEntry { path: model.to_path_buf(), index: Default::default(), encoder: None, task: None }],
         ..Config::default()
     }
 }

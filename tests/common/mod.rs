@@ -17,7 +17,7 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn tiny_model(name: &str) -> ModelEntry {
-    ModelEntry { path: repo().join("models").join(name), index: IndexParams::default(), encoder: None }
+    ModelEntry { path: repo().join("models").join(name), index: IndexParams::default(), encoder: None, task: None }
 }
 
 /// A config serving the three tiny models from `store`, on an ephemeral port.

@@ -65,8 +65,10 @@ fn recorder() -> (Recorder, Arc<parking_lot::Mutex<Vec<usize>>>) {
     let info = ModelInfo {
         name: "rec".into(),
         kind: ModelKind::Encoder,
-        role: ModelRole::LlmEmbedding,
+        role: ModelRole::Encoder,
         dimension: 2,
+        network_dimension: 2,
+        matryoshka_dimensions: None,
         version: "v".into(),
         pooling: Pooling::Mean,
         normalize: false,
@@ -75,6 +77,8 @@ fn recorder() -> (Recorder, Arc<parking_lot::Mutex<Vec<usize>>>) {
         document_prefix: String::new(),
         query_template: None,
         document_template: None,
+        task: None,
+        tasks: Vec::new(),
     };
     let hold = Arc::new(parking_lot::Mutex::new(()));
     let padded = Arc::new(parking_lot::Mutex::new(Vec::new()));
