@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::auth::{AuthError, AuthSettings};
 use crate::encoder::onnx::SessionOptions;
 use crate::encoder::queue::QueueOptions;
+use crate::encoder::Device;
 use crate::index::IndexParams;
 use crate::store::{PostgresSettings, StoreLocation};
 
@@ -302,6 +303,9 @@ pub struct EncoderSettings {
     pub bulk_arena: bool,
     /// Search query vectors cached per model version (least recently used dropped first); 0 caches none.
     pub query_cache: usize,
+    /// Where the model's sessions (live and bulk) run: `cpu` (default), `cuda` (ONNX Runtime's CUDA execution
+    /// provider, or the model fails to load) or `auto` (CUDA when it registers, else the CPU with a warning).
+    pub device: Device,
 }
 
 impl Default for EncoderSettings {
@@ -316,13 +320,18 @@ impl Default for EncoderSettings {
             bulk_threads: 0,
             bulk_arena: false,
             query_cache: 1024,
+            device: Device::Cpu,
         }
     }
 }
 
 impl EncoderSettings {
     pub fn queue(&self) -> QueueOptions {
-        let bulk = SessionOptions { cpu_arena: self.bulk_arena, ..SessionOptions::bulk(self.bulk_threads) };
+        let bulk = SessionOptions {
+            cpu_arena: self.bulk_arena,
+            device: self.device,
+            ..SessionOptions::bulk(self.bulk_threads)
+        };
         QueueOptions {
             max_batch: self.max_batch,
             max_batch_tokens: self.max_batch_tokens,
@@ -334,7 +343,7 @@ impl EncoderSettings {
         }
     }
     pub fn session(&self) -> SessionOptions {
-        SessionOptions { intra_threads: self.intra_threads, ..SessionOptions::default() }
+        SessionOptions { intra_threads: self.intra_threads, device: self.device, ..SessionOptions::default() }
     }
 }
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use duet::encoder::bench::{bench_encode, BenchOptions, BenchPath};
-use duet::encoder::Side;
+use duet::encoder::{Device, Side};
 
 use super::RuntimeArgs;
 
@@ -57,6 +57,14 @@ pub struct Args {
     /// Which side (tower or prefix) to encode with.
     #[arg(long, env = "DUET_BENCH_SIDE", value_enum, default_value = "document")]
     pub side: SideArg,
+    /// Where the model runs: cpu, cuda or auto (as `[encoder] device`).
+    #[arg(long, env = "DUET_BENCH_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// Also write the texts as the network sees them (framed with the model's prompt for --side, in the order
+    /// they are encoded), one JSON object per line with their token count: what a raw ONNX Runtime run is
+    /// given to encode the same texts (scripts/bench-encode).
+    #[arg(long, env = "DUET_BENCH_DUMP_FRAMED")]
+    pub dump_framed: Option<PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -81,6 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
         latency_samples: args.latency_samples,
         onnxruntime: args.runtime.onnxruntime,
+        device: args.device,
+        dump_framed: args.dump_framed,
     })?;
     match args.json {
         true => println!("{}", serde_json::to_string(&report)?),

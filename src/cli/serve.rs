@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args as ClapArgs;
 use duet::auth::KeyEntry;
 use duet::config::{Config, ModelEntry};
+use duet::encoder::Device;
 use duet::store::StoreLocation;
 
 use super::RuntimeArgs;
@@ -34,6 +35,10 @@ pub struct ServerArgs {
     /// Folder of graph snapshots (overrides the config's `[index] snapshot_dir`).
     #[arg(long, env = "DUET_SNAPSHOT_DIR")]
     pub snapshot_dir: Option<PathBuf>,
+    /// Where every model runs: cpu, cuda (ONNX Runtime's CUDA execution provider, else the model fails to load)
+    /// or auto (CUDA when it registers, else the CPU). Overrides `[encoder] device` and the models' own.
+    #[arg(long, env = "DUET_DEVICE")]
+    pub device: Option<Device>,
 }
 
 impl ServerArgs {
@@ -61,6 +66,10 @@ impl ServerArgs {
         }
         if let Some(dir) = &self.snapshot_dir {
             config.index.snapshot_dir = Some(dir.clone());
+        }
+        if let Some(device) = self.device {
+            config.encoder.device = device;
+            config.models.iter_mut().filter_map(|m| m.encoder.as_mut()).for_each(|e| e.device = device);
         }
         Ok(config)
     }

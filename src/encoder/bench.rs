@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use super::onnx::{self, SessionOptions};
 use super::queue::{EncoderHandle, QueueOptions};
-use super::{runtime, EncoderError, Manifest, Priority, Side};
+use super::{runtime, Device, EncoderError, Manifest, Priority, Side};
 use crate::metrics::Metrics;
+use crate::util::fs::{self, FileError};
 use crate::util::jsonl::{self, JsonlError};
 
 /// Which way texts reach the network.
@@ -45,6 +46,10 @@ pub struct BenchOptions {
     /// Texts encoded one at a time for the batch-1 latency (0: not measured).
     pub latency_samples: usize,
     pub onnxruntime: Option<PathBuf>,
+    /// Where the model runs (`auto` is resolved at load; the report says where it ran).
+    pub device: Device,
+    /// Writes the texts as framed for the network, in encoding order, with their token counts (JSONL).
+    pub dump_framed: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +60,8 @@ pub enum BenchError {
     Empty(PathBuf),
     #[error(transparent)]
     Encoder(#[from] EncoderError),
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// One measurement.
@@ -62,6 +69,8 @@ pub enum BenchError {
 pub struct BenchReport {
     pub model: String,
     pub path: BenchPath,
+    /// The device the model ran on.
+    pub device: Device,
     pub sorted: bool,
     pub texts: usize,
     pub mean_chars: usize,
@@ -83,10 +92,11 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({:?} path, {}): {} texts ({} chars and {:.1} tokens on average, {} truncated at {} tokens), batch {}, \
+            "{} ({:?} path, {}, {}): {} texts ({} chars and {:.1} tokens on average, {} truncated at {} tokens), batch {}, \
              {} threads: {:.1} texts/s, {:.0} tokens/s",
             self.model,
             self.path,
+            self.device,
             if self.sorted { "sorted by length" } else { "corpus order" },
             self.texts,
             self.mean_chars,
@@ -120,6 +130,13 @@ fn texts(corpus: &Path, limit: usize) -> Result<Vec<String>, BenchError> {
     Ok(lines.into_iter().map(|l| l.text).collect())
 }
 
+/// A text as the network sees it (`--dump-framed`), and its tokens (special tokens included, after truncation).
+#[derive(Serialize)]
+struct FramedLine {
+    text: String,
+    tokens: usize,
+}
+
 /// The `q`-quantile of sorted `values`.
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
@@ -131,16 +148,28 @@ pub fn bench_encode(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     let batch = options.batch.max(1);
     let resolved = Manifest::load(&options.model)?;
     let env = runtime::environment(options.onnxruntime.as_deref())?;
-    let session = SessionOptions { intra_threads: options.threads, ..SessionOptions::default() };
+    let session =
+        SessionOptions { intra_threads: options.threads, device: options.device, ..SessionOptions::default() };
     let encoder = onnx::load(&resolved, env, session)?;
+    let device = encoder.info().device;
+    let session = SessionOptions { device, ..session };
     let tokens = encoder.tokenize(&texts, options.side)?;
     let token_count: usize = tokens.iter().map(|t| t.len()).sum();
     let truncated = tokens.iter().filter(|t| t.truncated).count();
+    let mut order: Vec<usize> = (0..texts.len()).collect();
     if !options.corpus_order {
-        let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| tokens[i].len());
-        texts = order.into_iter().map(|i| std::mem::take(&mut texts[i])).collect();
     }
+    if let Some(path) = &options.dump_framed {
+        let mut lines = String::new();
+        for &i in &order {
+            let line = FramedLine { text: encoder.info().frame(options.side, &texts[i]), tokens: tokens[i].len() };
+            lines.push_str(&serde_json::to_string(&line).expect("a string and a number serialise"));
+            lines.push('\n');
+        }
+        fs::write(path, lines)?;
+    }
+    texts = order.into_iter().map(|i| std::mem::take(&mut texts[i])).collect();
     let (name, max_tokens) = (encoder.info().name.clone(), encoder.info().max_tokens);
     let latencies = batch_one_latency(encoder.as_ref(), &texts, options)?;
     let seconds = match options.path {
@@ -160,7 +189,7 @@ pub fn bench_encode(options: &BenchOptions) -> Result<BenchReport, BenchError> {
                 capacity: texts.len().max(1),
                 max_queued_tokens: usize::MAX,
                 session,
-                bulk: Some(SessionOptions::bulk(options.threads)),
+                bulk: Some(SessionOptions { device, ..SessionOptions::bulk(options.threads) }),
                 query_cache: 0,
             };
             let handle = EncoderHandle::spawn_supervised(encoder, Some(rebuild), queue, Arc::new(Metrics::new()));
@@ -188,6 +217,7 @@ pub fn bench_encode(options: &BenchOptions) -> Result<BenchReport, BenchError> {
     Ok(BenchReport {
         model: name,
         path: options.path,
+        device,
         sorted: !options.corpus_order,
         texts: texts.len(),
         mean_chars: chars / texts.len(),

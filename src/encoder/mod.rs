@@ -6,6 +6,7 @@
 //! with per-side prefixes) and [`onnx::TwoTowerEncoder`] (a query tower and a document tower).
 
 pub mod bench;
+pub mod device;
 pub mod manifest;
 pub mod onnx;
 pub mod pooling;
@@ -15,6 +16,7 @@ pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
+pub use device::Device;
 pub use manifest::{Manifest, ModelKind, ModelRole, PaddingSide, Pooling, Prompts};
 pub use queue::{EncoderHandle, EncoderHealth, Priority, QueueOptions, Rebuild};
 
@@ -80,6 +82,8 @@ pub struct ModelInfo {
     /// Every task the manifest has prompts for (empty: none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<String>,
+    /// The device its sessions run on (`cpu` or `cuda`; `auto` resolved at load).
+    pub device: Device,
 }
 
 impl ModelInfo {

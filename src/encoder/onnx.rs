@@ -9,11 +9,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ort::session::{builder::GraphOptimizationLevel, Session};
+use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 use parking_lot::Mutex;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use super::device::Device;
 use super::manifest::ResolvedManifest;
 use super::pooling::pool;
 use super::{truncate, Encoder, EncoderError, ModelInfo, ModelKind, PaddingSide, Pooling, Side, Tokens};
@@ -38,11 +39,13 @@ pub struct SessionOptions {
     /// ONNX Runtime's CPU memory arena (it keeps the largest batch's buffers for the session's life). Off for
     /// bulk sessions, whose batches vary most; memory patterns go with it.
     pub cpu_arena: bool,
+    /// Where the session runs (see [`Device`]).
+    pub device: Device,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { intra_threads: 1, cpu_arena: true }
+        Self { intra_threads: 1, cpu_arena: true, device: Device::Cpu }
     }
 }
 
@@ -50,7 +53,7 @@ impl SessionOptions {
     /// A bulk session: `threads` intra-op threads (0: every available core), no arena.
     pub fn bulk(threads: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { intra_threads: if threads == 0 { cores } else { threads }, cpu_arena: false }
+        Self { intra_threads: if threads == 0 { cores } else { threads }, cpu_arena: false, device: Device::Cpu }
     }
 }
 
@@ -58,6 +61,8 @@ impl SessionOptions {
 pub struct OnnxTower {
     model: String,
     session: Mutex<Session>,
+    /// The device the session runs on (never `auto`).
+    device: Device,
     /// The shipped tokenizer with its baked-in padding and truncation removed: tells the full length of a text.
     tokenizer: Tokenizer,
     /// The same, truncating at `max_tokens` (special tokens included), for the texts that are too long.
@@ -103,18 +108,7 @@ impl OnnxTower {
         options: SessionOptions,
     ) -> Result<Self, EncoderError> {
         let m = &resolved.manifest;
-        let session = Session::builder(env)
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(ort::Error::<()>::from))
-            .and_then(|b| b.with_intra_threads(options.intra_threads.max(1)).map_err(ort::Error::<()>::from))
-            .and_then(|b| match options.cpu_arena {
-                true => Ok(b),
-                false => b
-                    .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-                    .and_then(|b| b.with_memory_pattern(false))
-                    .map_err(ort::Error::<()>::from),
-            })
-            .and_then(|mut b| b.commit_from_file(onnx))
-            .map_err(|e| load_failed(&m.name, onnx, "ONNX Runtime cannot open the graph", e))?;
+        let (session, device) = super::device::session(&m.name, onnx, env, options)?;
 
         let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
@@ -173,6 +167,7 @@ impl OnnxTower {
         Ok(Self {
             model: m.name.clone(),
             session: Mutex::new(session),
+            device,
             tokenizer,
             truncating,
             pad_id,
@@ -390,17 +385,19 @@ pub fn load(
         document_template: prompts.document_template,
         task: resolved.task.clone(),
         tasks: m.tasks.keys().cloned().collect(),
+        device: options.device,
     };
     match m.kind {
         ModelKind::TwoTower => {
             let query = OnnxTower::load(resolved, &resolved.query_onnx, &resolved.query_tokenizer, env, options)?;
             let document =
                 OnnxTower::load(resolved, &resolved.document_onnx, &resolved.document_tokenizer, env, options)?;
-            probe(Box::new(TwoTowerEncoder { info, query, document }))
+            let device = if query.device == document.device { query.device } else { Device::Cpu };
+            probe(Box::new(TwoTowerEncoder { info: ModelInfo { device, ..info }, query, document }))
         }
         ModelKind::Llm | ModelKind::Encoder => {
             let tower = OnnxTower::load(resolved, &resolved.query_onnx, &resolved.query_tokenizer, env, options)?;
-            probe(Box::new(SingleNetworkEncoder { info, tower }))
+            probe(Box::new(SingleNetworkEncoder { info: ModelInfo { device: tower.device, ..info }, tower }))
         }
     }
 }

@@ -95,8 +95,11 @@ impl Loader {
         let started = Instant::now();
         let loaded = encoder::onnx::load(&resolved, self.env, settings.session())?;
         let info = loaded.info().clone();
-        tracing::info!(model = %info.name, kind = ?info.kind, version = %info.version, path = %path.display(),
+        tracing::info!(model = %info.name, kind = ?info.kind, version = %info.version, device = %info.device,
+            path = %path.display(),
             seconds = started.elapsed().as_secs_f64(), "model loaded");
+        // Bulk sessions and rebuilds run where the first session does (`auto` is not tried again).
+        let settings = EncoderSettings { device: info.device, ..settings };
         let rebuild = encoder::onnx::reloader(resolved, self.env, info.version.clone());
         metrics.encoder_restarts.with_label_values(&[&info.name]).reset();
         Ok(ServedModel::new(

@@ -79,6 +79,7 @@ fn recorder() -> (Recorder, Arc<parking_lot::Mutex<Vec<usize>>>) {
         document_template: None,
         task: None,
         tasks: Vec::new(),
+        device: crate::encoder::Device::Cpu,
     };
     let hold = Arc::new(parking_lot::Mutex::new(()));
     let padded = Arc::new(parking_lot::Mutex::new(Vec::new()));
@@ -433,7 +434,7 @@ async fn background_work_runs_on_a_bulk_session_built_when_it_comes() {
         log.lock().push(options);
         Ok(Box::new(recorder().0) as Box<dyn Encoder>)
     });
-    let bulk = SessionOptions { intra_threads: 7, cpu_arena: false };
+    let bulk = SessionOptions { intra_threads: 7, cpu_arena: false, device: crate::encoder::Device::Cpu };
     let options = QueueOptions { bulk: Some(bulk), ..Default::default() };
     let handle = EncoderHandle::spawn_supervised(Box::new(enc), Some(rebuild), options, Arc::new(Metrics::new()));
     assert!(built.lock().is_empty(), "no bulk session before bulk work");
