@@ -154,7 +154,10 @@ fn a_teacher_adds_its_scores_to_the_loss_and_its_hard_negatives() {
 fn a_second_run_reads_every_teacher_vector_from_the_cache_and_trains_the_same_model() {
     let dir = tempfile::tempdir().unwrap();
     write_pairs(dir.path(), 160);
-    let first = run(dir.path(), "first", config(Some(teacher())));
+    // The first run inside `block_on` of a multi-threaded runtime, as the command line calls the trainer (the
+    // cache's own runtime must neither block nor be dropped there).
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+    let first = runtime.block_on(async { run(dir.path(), "first", config(Some(teacher()))) });
     let again = run(dir.path(), "again", config(Some(teacher())));
     let (a, b) = (first.report.teacher.unwrap(), again.report.teacher.unwrap());
     assert!(a.texts_encoded > 0 && a.texts_cached == 0, "{a:?}");

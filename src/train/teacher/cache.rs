@@ -4,7 +4,8 @@
 //! of prompt, of weights (the version) or of text misses, and a re-run over the same data encodes nothing.
 //!
 //! The store is asynchronous and the trainer is not (and may itself run inside a runtime, as the learning curves
-//! do): the cache keeps a runtime of its own and blocks on it from a helper thread.
+//! do, and the command line): the cache keeps a runtime of its own, blocks on it from a helper thread, and is
+//! dropped on one.
 //!
 //! It may use [`crate::store`] and [`crate::encoder`]'s [`Side`]; nothing else.
 
@@ -22,8 +23,21 @@ pub fn key(side: Side, framed: &str) -> String {
 
 /// An open cache file.
 pub struct TeacherCache {
-    store: SqliteStore,
-    runtime: tokio::runtime::Runtime,
+    /// Both are `Some` until dropped (on a helper thread: a runtime may not be dropped inside another one).
+    store: Option<SqliteStore>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for TeacherCache {
+    fn drop(&mut self) {
+        let (store, runtime) = (self.store.take(), self.runtime.take());
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                drop(store);
+                drop(runtime);
+            });
+        });
+    }
 }
 
 impl TeacherCache {
@@ -33,13 +47,25 @@ impl TeacherCache {
             .enable_all()
             .build()
             .map_err(|source| StoreError::CreateDir { location: path.display().to_string(), source })?;
-        let store = on_helper_thread(&runtime, SqliteStore::open(path))?;
-        Ok(Self { store, runtime })
+        let store = on_helper_thread(&runtime, SqliteStore::open(path));
+        let store = match store {
+            Ok(store) => store,
+            Err(err) => {
+                std::thread::scope(|scope| scope.spawn(move || drop(runtime)).join().expect("the cache thread"));
+                return Err(err);
+            }
+        };
+        Ok(Self { store: Some(store), runtime: Some(runtime) })
+    }
+
+    fn parts(&self) -> (&SqliteStore, &tokio::runtime::Runtime) {
+        (self.store.as_ref().expect("open until dropped"), self.runtime.as_ref().expect("open until dropped"))
     }
 
     /// The cached vectors of `keys` for the teacher `model` at `version`, by key.
     pub fn get(&self, model: &str, version: &str, keys: &[String]) -> Result<HashMap<String, Vec<f32>>, StoreError> {
-        on_helper_thread(&self.runtime, self.store.embeddings_of(model, version, keys))
+        let (store, runtime) = self.parts();
+        on_helper_thread(runtime, store.embeddings_of(model, version, keys))
     }
 
     /// Stores `(side, framed text, vector)` entries for the teacher `model` at `version`, in one transaction.
@@ -63,7 +89,8 @@ impl TeacherCache {
                 vector: vector.to_vec(),
             })
             .collect();
-        on_helper_thread(&self.runtime, self.store.upsert(&documents, &embeddings))
+        let (store, runtime) = self.parts();
+        on_helper_thread(runtime, store.upsert(&documents, &embeddings))
     }
 }
 
