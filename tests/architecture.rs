@@ -20,7 +20,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["auth", "encoder", "index", "store", "util"]),
     ("engine", &["config", "encoder", "index", "metrics", "store", "util"]),
     ("corpus", &["engine", "store", "util"]),
-    ("train", &["encoder", "lexical", "util"]),
+    ("train", &["encoder", "lexical", "store", "util"]),
     ("experiment", &["config", "engine", "index", "metrics", "store", "util"]),
     ("eval", &["config", "corpus", "encoder", "engine", "index", "lexical", "metrics", "store", "train", "util"]),
     ("api", &["auth", "config", "encoder", "engine", "eval", "experiment", "index", "metrics", "store", "util"]),

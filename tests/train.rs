@@ -62,6 +62,8 @@ fn run(dir: &Path, out: &str, config: TrainConfig) -> Trained {
         out: dir.join(out),
         name: None,
         config,
+        teacher_cache: None,
+        onnxruntime: None,
     };
     train(&options, &mut |_| {}).expect("training succeeds")
 }

@@ -29,6 +29,13 @@ pub struct Args {
     /// and thread count.
     #[arg(long, env = "DUET_TRAIN_THREADS")]
     pub threads: Option<usize>,
+    /// The teacher's embedding cache, an SQLite store shared by runs (keyed by the teacher's version and each
+    /// framed text's hash): a re-run over the same data encodes nothing.
+    #[arg(long, env = "DUET_TRAIN_TEACHER_CACHE", default_value = duet::train::teacher::DEFAULT_CACHE)]
+    pub teacher_cache: PathBuf,
+    /// Path of libonnxruntime for the teacher (after ORT_DYLIB_PATH; default: the project's .venv).
+    #[arg(long, env = "DUET_ONNXRUNTIME")]
+    pub onnxruntime: Option<PathBuf>,
     /// The hyper-parameters ([`duet::train::TrainConfig`]), with which of them were given.
     #[command(flatten)]
     pub settings: TrainFlags,
@@ -41,8 +48,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
     let config = args.settings.resolve(args.config.as_deref())?;
-    let options =
-        TrainOptions { pairs: args.pairs, corpus: args.corpus, out: args.out.clone(), name: args.name, config };
+    let options = TrainOptions {
+        pairs: args.pairs,
+        corpus: args.corpus,
+        out: args.out.clone(),
+        name: args.name,
+        config,
+        teacher_cache: Some(args.teacher_cache),
+        onnxruntime: args.onnxruntime,
+    };
     let bar = super::bar(0, "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}");
     let trained = duet::train::train(&options, &mut |event| match event {
         Progress::Phase(phase) => bar.set_message(phase),

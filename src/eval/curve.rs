@@ -74,6 +74,8 @@ pub fn train_all(
             out: dir.clone(),
             name: Some(spec.name.clone()),
             config: config.clone(),
+            teacher_cache: None,
+            onnxruntime: None,
         };
         let bar = if progress { ProgressBar::new(0) } else { ProgressBar::hidden() };
         bar.set_style(

@@ -5,7 +5,7 @@
 //!
 //! It may use the tower types it names ([`TowerPooling`]); nothing else of the crate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Args, Command, FromArgMatches};
@@ -50,6 +50,29 @@ pub mod defaults {
     pub const VALIDATION_CANDIDATES: usize = 50_000;
     pub const PATIENCE: usize = 2;
     pub const SEED: u64 = 42;
+    pub const DISTILL_WEIGHT: f64 = 1.0;
+    pub const TEACHER_TEMPERATURE: f64 = 0.05;
+    pub const NEGATIVES: super::NegativeSource = super::NegativeSource::Auto;
+    pub const TEACHER_PAIRS: usize = 4_000;
+    pub const TEACHER_DOCS: usize = 4_000;
+    pub const TEACHER_NEGATIVE_CEILING: f64 = 0.95;
+}
+
+/// Where the hard negatives come from (`negatives`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum NegativeSource {
+    /// With a teacher: `teacher` (`both` when hard_negatives is on); without one: `bm25` when hard_negatives is
+    /// on, else `none`.
+    Auto,
+    /// In-batch negatives only.
+    None,
+    /// The best BM25 training document that is not the query's (as hard_negatives).
+    Bm25,
+    /// The teacher's nearest training document that is not the query's, for the pairs the teacher encodes.
+    Teacher,
+    /// Both of the above.
+    Both,
 }
 
 /// Hyper-parameters of `duet train`: keys of the `--config` TOML file (every key optional) and flags
@@ -171,6 +194,35 @@ pub struct TrainConfig {
     /// Seed of the validation split, initialisation and shuffling.
     #[arg(long, env = "DUET_TRAIN_SEED", default_value_t = defaults::SEED)]
     pub seed: u64,
+    /// Distil from this served-model folder (any Duet manifest, e.g. models/embeddinggemma): it encodes a
+    /// subset of the training pairs (teacher_pairs) and a pool of training documents (teacher_docs) through
+    /// Duet's encoder, and the student also learns the teacher's in-batch score distributions
+    /// (distill_weight) and the teacher's hard negatives (negatives).
+    #[arg(long, env = "DUET_TRAIN_TEACHER")]
+    pub teacher: Option<PathBuf>,
+    /// Weight of the distillation term, KL(teacher || student) over each query's in-batch candidates, added to
+    /// the InfoNCE loss on the batches of teacher-encoded pairs.
+    #[arg(long, env = "DUET_TRAIN_DISTILL_WEIGHT", default_value_t = defaults::DISTILL_WEIGHT)]
+    pub distill_weight: f64,
+    /// Softmax temperature of the teacher's scores (cosines) in the distillation term; the student's is
+    /// temperature.
+    #[arg(long, env = "DUET_TRAIN_TEACHER_TEMPERATURE", default_value_t = defaults::TEACHER_TEMPERATURE)]
+    pub teacher_temperature: f64,
+    /// Hard negatives: auto, none, bm25, teacher or both (auto: teacher with a teacher, else as hard_negatives).
+    #[arg(long, env = "DUET_TRAIN_NEGATIVES", value_enum, default_value_t = defaults::NEGATIVES)]
+    pub negatives: NegativeSource,
+    /// Training pairs the teacher encodes (a seeded sample; 0 for all). They are batched apart from the other
+    /// pairs, which train on InfoNCE alone.
+    #[arg(long, env = "DUET_TRAIN_TEACHER_PAIRS", default_value_t = defaults::TEACHER_PAIRS)]
+    pub teacher_pairs: usize,
+    /// Other training documents (a seeded sample) the teacher also encodes, beside the documents of its pairs:
+    /// the pool it mines hard negatives from.
+    #[arg(long, env = "DUET_TRAIN_TEACHER_DOCS", default_value_t = defaults::TEACHER_DOCS)]
+    pub teacher_docs: usize,
+    /// A teacher-mined negative must score below this share of the pair's positive (in (0, 1]): candidates
+    /// scoring closer are likely unlabelled positives and are skipped.
+    #[arg(long, env = "DUET_TRAIN_TEACHER_NEGATIVE_CEILING", default_value_t = defaults::TEACHER_NEGATIVE_CEILING)]
+    pub teacher_negative_ceiling: f64,
 }
 
 impl Default for TrainConfig {
@@ -207,6 +259,13 @@ impl Default for TrainConfig {
             validation_candidates: d::VALIDATION_CANDIDATES,
             patience: d::PATIENCE,
             seed: d::SEED,
+            teacher: None,
+            distill_weight: d::DISTILL_WEIGHT,
+            teacher_temperature: d::TEACHER_TEMPERATURE,
+            negatives: d::NEGATIVES,
+            teacher_pairs: d::TEACHER_PAIRS,
+            teacher_docs: d::TEACHER_DOCS,
+            teacher_negative_ceiling: d::TEACHER_NEGATIVE_CEILING,
         }
     }
 }
@@ -226,11 +285,35 @@ impl TrainConfig {
             let value = other.get(key).ok_or_else(|| TrainError::Config(format!("no setting named {key:?}")))?;
             merged[key.as_str()] = value.clone();
         }
-        // JSON has no NaN or infinity: serde_json writes them as null.
-        if let Some((key, _)) = merged.as_object().and_then(|m| m.iter().find(|(_, v)| v.is_null())) {
+        // JSON has no NaN or infinity: serde_json writes them as null (a setting that may be absent is null by
+        // default, as in `self`).
+        let was_null = |key: &str| self.default_null(key);
+        if let Some((key, _)) =
+            merged.as_object().and_then(|m| m.iter().find(|(k, v)| v.is_null() && !was_null(k.as_str())))
+        {
             return Err(TrainError::Config(format!("{key} must be a finite number")));
         }
         Ok(serde_json::from_value(merged)?)
+    }
+
+    /// Whether setting `key` is absent (null) by default, so null is no number gone bad.
+    fn default_null(&self, key: &str) -> bool {
+        serde_json::to_value(TrainConfig::default()).ok().and_then(|d| d.get(key).map(|v| v.is_null())) == Some(true)
+    }
+
+    /// Whether BM25 hard negatives are mined (see [`NegativeSource`]).
+    pub fn bm25_negatives(&self) -> bool {
+        match self.negatives {
+            NegativeSource::Auto => self.hard_negatives,
+            NegativeSource::Bm25 | NegativeSource::Both => true,
+            NegativeSource::None | NegativeSource::Teacher => false,
+        }
+    }
+
+    /// Whether the teacher mines hard negatives (see [`NegativeSource`]).
+    pub fn teacher_negatives(&self) -> bool {
+        self.teacher.is_some()
+            && matches!(self.negatives, NegativeSource::Auto | NegativeSource::Teacher | NegativeSource::Both)
     }
 
     pub fn validate(&self) -> Result<(), TrainError> {
@@ -267,6 +350,18 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.warmup_fraction) || !(0.0..0.5).contains(&self.validation_fraction) {
             return bad("warmup_fraction must be in [0, 1) and validation_fraction in [0, 0.5)");
+        }
+        if self.teacher.is_none() && matches!(self.negatives, NegativeSource::Teacher | NegativeSource::Both) {
+            return bad("negatives = teacher or both needs a teacher");
+        }
+        if !(self.distill_weight >= 0.0 && self.distill_weight.is_finite()) {
+            return bad("distill_weight must be a number, at least 0");
+        }
+        if !(self.teacher_temperature > 0.0 && self.teacher_temperature.is_finite()) {
+            return bad("teacher_temperature must be positive");
+        }
+        if !(self.teacher_negative_ceiling > 0.0 && self.teacher_negative_ceiling <= 1.0) {
+            return bad("teacher_negative_ceiling must be in (0, 1]");
         }
         Ok(())
     }

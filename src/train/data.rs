@@ -189,7 +189,7 @@ impl Negatives<'_> {
     }
 }
 
-/// Hard negatives (with `config.hard_negatives`): BM25 over the training documents, never the validation ones.
+/// Hard negatives (with `config.hard_negatives`, or `negatives` bm25 or both): BM25 over the training documents, never the validation ones.
 pub fn mine<'a>(
     corpus: &[CorpusLine],
     train: &'a [(String, usize)],
@@ -201,7 +201,7 @@ pub fn mine<'a>(
     for (q, d) in train {
         positives.entry(q.as_str()).or_default().insert(*d);
     }
-    let hard: Vec<Option<usize>> = if config.hard_negatives {
+    let hard: Vec<Option<usize>> = if config.bm25_negatives() {
         progress(Progress::Phase("mining hard negatives"));
         let mut train_docs: Vec<usize> = train.iter().map(|(_, d)| *d).collect();
         train_docs.sort_unstable();

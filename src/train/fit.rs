@@ -1,7 +1,9 @@
 //! The trainer's model stages: [`init`] the two towers from seeded random weights (IDF-scaled rows, the fixed
 //! lexical channel, n-gram features), [`fit`] them with AdamW (warm-up then linear decay, [`learning_rate`]) and
 //! lazy Adam on the embedding tables over in-batch negatives, and [`validate`] each epoch on the held-out pairs
-//! ([`Validation`]) for early stopping and the choice of the best epoch.
+//! ([`Validation`]) for early stopping and the choice of the best epoch. With a teacher, the pairs it encoded are
+//! batched apart from the others ([`batches`]), and their batches add the distillation term ([`super::distill`])
+//! and the teacher's hard negatives.
 //!
 //! It may use the towers, tables and ops of this module, the outputs of [`super::data`], and [`crate::util::rng`].
 
@@ -11,9 +13,11 @@ use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::data::{Encoded, Negatives};
+use super::distill::{kl_to_teacher, TeacherTargets};
 use super::ops::{AdamSettings, Batch};
 use super::report::{self, EpochReport};
 use super::tables::{self, LexicalChannel};
+use super::teacher::Teacher;
 use super::tower::{self, Tower, TowerShape, TwoTower};
 use super::{Progress, TrainConfig, TrainError};
 use crate::util::rng::Rng;
@@ -34,6 +38,21 @@ pub struct TrainingSet<'a> {
     pub pairs: &'a [(String, usize)],
     pub encoded: &'a Encoded,
     pub negatives: &'a Negatives<'a>,
+    pub teacher: Option<&'a Teacher>,
+}
+
+/// An epoch's batches of training pairs (indexes), from the shuffled `order`: consecutive runs of `batch`
+/// pairs; with a teacher, the pairs it encoded and the others are batched apart (each in the shuffled order), and
+/// the batches are then shuffled by `rng`. Batches of fewer than 2 pairs are dropped.
+pub fn batches(order: &[usize], batch: usize, teacher: Option<&Teacher>, rng: &mut Rng) -> Vec<Vec<usize>> {
+    let Some(teacher) = teacher else {
+        return order.chunks(batch).filter(|c| c.len() >= 2).map(<[usize]>::to_vec).collect();
+    };
+    let (taught, rest): (Vec<usize>, Vec<usize>) = order.iter().partition(|&&i| teacher.has_pair(i));
+    let mut out: Vec<Vec<usize>> =
+        taught.chunks(batch).chain(rest.chunks(batch)).filter(|c| c.len() >= 2).map(<[usize]>::to_vec).collect();
+    rng.shuffle(&mut out);
+    out
 }
 
 /// Learning rate at `step` (0-based) of `total`: linear warm-up, then linear decay to zero.
@@ -139,7 +158,13 @@ pub fn fit(
         ParamsAdamW { lr: config.learning_rate, weight_decay: config.weight_decay, ..Default::default() },
     )?;
     let batch = config.batch_size.min(train.len());
-    let steps_per_epoch = train.len().div_ceil(batch);
+    let steps_per_epoch = match set.teacher {
+        None => train.len().div_ceil(batch),
+        Some(t) => {
+            let taught = (0..train.len()).filter(|&i| t.has_pair(i)).count();
+            taught.div_ceil(batch) + (train.len() - taught).div_ceil(batch)
+        }
+    };
     let total_steps = steps_per_epoch * config.epochs;
     progress(Progress::Start {
         steps: total_steps,
@@ -159,16 +184,18 @@ pub fn fit(
         let epoch_started = Instant::now();
         rng.shuffle(&mut order);
         let mut loss_sum = 0.0;
-        let mut batches = 0;
-        for chunk in order.chunks(batch) {
-            if chunk.len() < 2 {
-                continue;
-            }
+        let mut batch_count = 0;
+        let (mut distill_sum, mut distill_batches) = (0.0, 0);
+        for chunk in batches(&order, batch, set.teacher, rng) {
+            let chunk = chunk.as_slice();
             let step_started = Instant::now();
             optimizer.set_learning_rate(learning_rate(config, step, total_steps));
             let q: Vec<&[u32]> = chunk.iter().map(|&i| query_ids[i].as_slice()).collect();
             let doc_ids: Vec<u32> = chunk.iter().map(|&i| train[i].1 as u32).collect();
-            let hard_ids: Vec<u32> = chunk.iter().filter_map(|&i| hard[i].map(|h| h as u32)).collect();
+            let taught = set.teacher.filter(|t| t.has_pair(chunk[0]));
+            let teacher_hard = |i: usize| taught.and_then(|t| t.hard[i]);
+            let hard_ids: Vec<u32> =
+                chunk.iter().flat_map(|&i| hard[i].into_iter().chain(teacher_hard(i))).map(|h| h as u32).collect();
             let d: Vec<&[u32]> = doc_ids.iter().chain(&hard_ids).map(|&doc| docs[doc as usize].as_slice()).collect();
             let (qb, db) = (Batch::new(&q, device)?, Batch::new(&d, device)?);
             let q_side = model.query.leaf_rows(&qb, device)?;
@@ -181,7 +208,30 @@ pub fn fit(
                 |i, h| positives[train[chunk[i]].0.as_str()].contains(&(h as usize)),
                 device,
             )?;
-            let loss = tower::info_nce(&qv, &dv, config.temperature, mask.as_ref(), config.symmetric_loss)?;
+            let mut loss = tower::info_nce(&qv, &dv, config.temperature, mask.as_ref(), config.symmetric_loss)?;
+            if let Some(teacher) = taught.filter(|_| config.distill_weight > 0.0) {
+                let columns: Vec<u32> = doc_ids.iter().chain(&hard_ids).copied().collect();
+                let host_mask = match &mask {
+                    Some(m) => Some(m.flatten_all()?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                let scores = teacher.scores(chunk, &columns);
+                let targets = TeacherTargets::new(
+                    &scores,
+                    columns.len(),
+                    config.teacher_temperature,
+                    host_mask.as_deref(),
+                    device,
+                )?;
+                let mut logits = (qv.matmul(&dv.t()?)? / config.temperature)?;
+                if let Some(m) = &mask {
+                    logits = logits.broadcast_add(m)?;
+                }
+                let kl = kl_to_teacher(&logits, &targets)?;
+                distill_sum += tower::scalar(&kl)? as f64;
+                distill_batches += 1;
+                loss = (loss + (kl * config.distill_weight)?)?;
+            }
             let grads = loss.backward()?;
             optimizer.step(&grads)?;
             let adam = AdamSettings {
@@ -208,7 +258,7 @@ pub fn fit(
             training_seconds += step_started.elapsed().as_secs_f64();
             pairs_seen += chunk.len();
             loss_sum += loss as f64;
-            batches += 1;
+            batch_count += 1;
             step += 1;
             progress(Progress::Step {
                 step,
@@ -220,10 +270,11 @@ pub fn fit(
         let (recall, mrr) = validate(&model, &encoded.validation, docs, device)?;
         let report = EpochReport {
             epoch,
-            mean_loss: loss_sum / batches.max(1) as f64,
+            mean_loss: loss_sum / batch_count.max(1) as f64,
             validation_recall_at_10: recall,
             validation_mrr_at_10: mrr,
             seconds: epoch_started.elapsed().as_secs_f64(),
+            distill_loss: set.teacher.map(|_| distill_sum / distill_batches.max(1) as f64),
         };
         progress(Progress::Epoch(report.clone()));
         epochs.push(report);

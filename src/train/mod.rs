@@ -10,18 +10,26 @@
 //! [`export::write_folder`] both towers to ONNX with `tokenizer.json` and `model.toml`, and `report.json`
 //! ([`report`]). The settings are [`TrainConfig`] ([`config`]). The test split is never read here.
 //!
+//! With a `teacher` (distillation), a stage between mining and fitting runs the teacher ([`teacher`], through
+//! the encoder, its vectors cached in a store) over a subset of the training pairs and a pool of training
+//! documents and mines its hard negatives; [`fit::fit`] then adds the KL term of [`distill`] on the batches of
+//! those pairs.
+//!
 //! Training is deterministic for a given seed and thread count: every random draw comes from [`Rng`].
 //!
-//! It may use [`crate::util`], [`crate::lexical`] (BM25 for hard negatives) and [`crate::encoder`]'s types; never
-//! the evaluation module, which uses it (its learning curves train models).
+//! It may use [`crate::util`], [`crate::lexical`] (BM25 for hard negatives), [`crate::encoder`] (its types, and
+//! the teacher's encoder) and [`crate::store`] (the teacher's cache); never the evaluation module, which uses it
+//! (its learning curves train models).
 
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod export;
 pub mod fit;
 pub mod ops;
 pub mod report;
 pub mod tables;
+pub mod teacher;
 pub mod tokenizer;
 pub mod tower;
 
@@ -32,7 +40,7 @@ use candle_core::Device;
 
 use crate::util::jsonl::{CorpusLine, JsonlError};
 use crate::util::rng::Rng;
-pub use config::{TrainConfig, TrainFlags};
+pub use config::{NegativeSource, TrainConfig, TrainFlags};
 use fit::TrainingSet;
 use ops::Batch;
 use report::{EpochReport, TrainReport};
@@ -68,6 +76,10 @@ pub enum TrainError {
     Tensor(#[from] candle_core::Error),
     #[error("ONNX export: {0}")]
     Export(String),
+    #[error("teacher")]
+    Teacher(#[from] crate::encoder::EncoderError),
+    #[error("teacher cache")]
+    TeacherCache(#[from] crate::store::StoreError),
 }
 
 /// What to train on and where to write.
@@ -82,6 +94,10 @@ pub struct TrainOptions {
     /// Model name in the manifest (default: the folder's name).
     pub name: Option<String>,
     pub config: TrainConfig,
+    /// The teacher's embedding cache (an SQLite store; default [`teacher::DEFAULT_CACHE`]).
+    pub teacher_cache: Option<PathBuf>,
+    /// libonnxruntime for the teacher (default: as the server finds it).
+    pub onnxruntime: Option<PathBuf>,
 }
 
 /// Progress events for a progress bar.
@@ -174,7 +190,23 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
     progress(Progress::Phase("tokenizing"));
     let encoded = data::encode(&tok, corpus, &split, config.max_tokens)?;
     let negatives = data::mine(corpus, &split.train, config, progress);
-    let set = TrainingSet { pairs: &split.train, encoded: &encoded, negatives: &negatives };
+    let cache = teacher::cache_path(options.teacher_cache.as_deref());
+    let teacher = match &config.teacher {
+        Some(folder) => {
+            let inputs = teacher::TeacherInputs {
+                folder,
+                cache: &cache,
+                onnxruntime: options.onnxruntime.as_deref(),
+                corpus,
+                train: &split.train,
+                bm25: &negatives.hard,
+                positives: &negatives.positives,
+            };
+            Some(teacher::prepare(&inputs, config, progress)?)
+        }
+        None => None,
+    };
+    let set = TrainingSet { pairs: &split.train, encoded: &encoded, negatives: &negatives, teacher: teacher.as_ref() };
     let model = fit::init(config, &tok, &set, &mut rng, &device)?;
     let fitted = fit::fit(model, config, &set, &mut rng, &device, progress)?;
 
@@ -211,6 +243,7 @@ pub fn train(options: &TrainOptions, progress: &mut dyn FnMut(Progress)) -> Resu
         mean_query_tokens: encoded.mean_query_tokens,
         mean_document_tokens: encoded.mean_document_tokens,
         epochs: fitted.epochs,
+        teacher: teacher.map(|t| t.report),
         config: config.clone(),
     };
     report.write(&options.out)?;

@@ -1,7 +1,8 @@
 //! What `duet train` writes beside the model (`report.json`) and prints (the `Display` of its reports), and the
 //! validation metrics it is built from.
 //!
-//! It may use the settings ([`TrainConfig`]), which the report repeats; nothing else of the trainer.
+//! It may use the settings ([`TrainConfig`]) and the teacher's report, which the report repeats; nothing else of
+//! the trainer.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,6 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::teacher::TeacherReport;
 use super::{TrainConfig, TrainError};
 
 /// One epoch's numbers.
@@ -19,6 +21,9 @@ pub struct EpochReport {
     pub validation_recall_at_10: f64,
     pub validation_mrr_at_10: f64,
     pub seconds: f64,
+    /// With a teacher: the mean distillation term (KL, before its weight) over the batches that carry it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distill_loss: Option<f64>,
 }
 
 /// `report.json`.
@@ -62,6 +67,9 @@ pub struct TrainReport {
     pub mean_query_tokens: f64,
     pub mean_document_tokens: f64,
     pub epochs: Vec<EpochReport>,
+    /// With a teacher: what it encoded (and what came from its cache) and mined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<TeacherReport>,
     pub config: TrainConfig,
 }
 
@@ -90,7 +98,15 @@ impl fmt::Display for TrainReport {
             self.fixed_parameters,
             self.pairs_per_second,
             self.total_seconds
-        )
+        )?;
+        if let Some(t) = &self.teacher {
+            write!(
+                f,
+                "; teacher {}: {} pairs, {} texts encoded and {} from the cache in {:.1} s, {} hard negatives",
+                t.model, t.pairs, t.texts_encoded, t.texts_cached, t.encode_seconds, t.hard_negative_pairs
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -101,7 +117,11 @@ impl fmt::Display for EpochReport {
             f,
             "epoch {}: loss {:.3}, validation recall@10 {:.3} MRR@10 {:.3} ({:.1} s)",
             self.epoch, self.mean_loss, self.validation_recall_at_10, self.validation_mrr_at_10, self.seconds
-        )
+        )?;
+        match self.distill_loss {
+            Some(kl) => write!(f, ", distillation KL {kl:.3}"),
+            None => Ok(()),
+        }
     }
 }
 
