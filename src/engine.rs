@@ -56,6 +56,9 @@ pub enum EngineError {
     Busy { limit: usize },
     #[error("two models are named `{0}`")]
     DuplicateModel(String),
+    /// An embeddings request asked for more (or fewer than one) components than the model serves.
+    #[error("`dimensions` must be 1 to {dimension} for model `{model}` (its width); {asked} was asked for")]
+    BadDimensions { model: String, asked: usize, dimension: usize },
     #[error("a model named `{0}` is already served or being added")]
     ModelExists(String),
     #[error("model path `{path}` is not inside the model root {root} (models_dir): only folders under it can be loaded through the API")]
@@ -441,6 +444,28 @@ impl Engine {
         let model = self.model(model)?;
         let encoded = model.encoder.encode(texts, side).await?;
         Ok((model.info.clone(), encoded))
+    }
+
+    /// Like [`Engine::embed`], with the vectors cut to `dimensions` components and re-normalised (when the model
+    /// normalises) — the OpenAI API's `dimensions`. Refused before encoding when it is not 1 to the model's width.
+    pub async fn embed_cut(
+        &self,
+        model: &str,
+        texts: Vec<String>,
+        side: Side,
+        dimensions: Option<usize>,
+    ) -> Result<(Arc<ModelInfo>, encoder::Encoded), EngineError> {
+        let served = self.model(model)?;
+        let width = served.info.dimension;
+        if let Some(asked) = dimensions.filter(|&d| d == 0 || d > width) {
+            return Err(EngineError::BadDimensions { model: served.info.name.clone(), asked, dimension: width });
+        }
+        let mut encoded = served.encoder.encode(texts, side).await?;
+        if let Some(cut) = dimensions.filter(|&d| d < width) {
+            let normalize = served.info.normalize;
+            encoded.vectors.iter_mut().for_each(|v| encoder::truncate(v, cut, normalize));
+        }
+        Ok((served.info.clone(), encoded))
     }
 
     /// Encodes the query, searches the model's index and fetches the documents.

@@ -81,6 +81,7 @@ impl From<EngineError> for ApiError {
                 ApiError::not_found("unknown-model", err.to_string()).with("known_models", known)
             }
             EngineError::NotReady(_) => ApiError::unavailable("not-ready", &err),
+            EngineError::BadDimensions { .. } => ApiError::invalid(err.to_string()),
             // Not retried soon: the model stays failed until the server restarts.
             EngineError::Failed { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model-failed", err.to_string())

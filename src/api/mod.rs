@@ -6,6 +6,7 @@
 
 pub mod documents;
 pub mod embed;
+pub mod embeddings;
 pub mod error;
 pub mod eval;
 pub mod experiments;
@@ -75,6 +76,7 @@ fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)>
         ("GET", "/v1/search", SEARCH, get(search::search_get)),
         ("POST", "/v1/search", SEARCH, post(search::search_post)),
         ("POST", "/v1/embed", SEARCH, post(embed::embed)),
+        ("POST", "/v1/embeddings", SEARCH, post(embeddings::embeddings)),
         ("GET", "/v1/experiments", SEARCH, get(experiments::list)),
         ("POST", "/v1/experiments", ADMIN, post(experiments::create)),
         ("GET", "/v1/experiments/{id}", SEARCH, get(experiments::get_one)),

@@ -38,11 +38,13 @@ impl Side {
     }
 }
 
-/// Vectors for a batch of texts, in input order, and which inputs were cut at `max_tokens`.
+/// Vectors for a batch of texts, in input order, which inputs were cut at `max_tokens`, and how many tokens each
+/// took (framing and special tokens included, after the cut).
 #[derive(Debug, Clone, Default)]
 pub struct Encoded {
     pub vectors: Vec<Vec<f32>>,
     pub truncated: Vec<bool>,
+    pub tokens: Vec<usize>,
 }
 
 impl Encoded {
@@ -227,7 +229,11 @@ pub trait Encoder: Send + Sync + 'static {
                 format!("{} vectors for {} texts", vectors.len(), tokens.len()),
             ));
         }
-        Ok(Encoded { vectors, truncated: tokens.iter().map(|t| t.truncated).collect() })
+        Ok(Encoded {
+            vectors,
+            truncated: tokens.iter().map(|t| t.truncated).collect(),
+            tokens: tokens.iter().map(Tokens::len).collect(),
+        })
     }
 }
 

@@ -43,6 +43,7 @@ fn failure_message(err: &EngineError) -> String {
         | EngineError::NotReady(_)
         | EngineError::Failed { .. }
         | EngineError::Busy { .. }
+        | EngineError::BadDimensions { .. }
         | EngineError::StoreDown { .. }
         | EngineError::Encoder(
             EncoderError::Overloaded { .. } | EncoderError::Stopped { .. } | EncoderError::Restarting { .. },

@@ -10,9 +10,10 @@ use prometheus::IntCounter;
 use crate::encoder::Encoded;
 use crate::metrics::Metrics;
 
-/// Query vectors (and whether the query was cut) by framed query text, least recently used dropped first.
+/// Query vectors (whether the query was cut, and its tokens) by framed query text, least recently used dropped
+/// first.
 pub(super) struct QueryCache {
-    entries: Mutex<LruCache<String, (Vec<f32>, bool)>>,
+    entries: Mutex<LruCache<String, (Vec<f32>, bool, usize)>>,
     hits: IntCounter,
     misses: IntCounter,
 }
@@ -30,9 +31,9 @@ impl QueryCache {
     pub(super) fn get(&self, key: &str) -> Option<Encoded> {
         let found = self.entries.lock().get(key).cloned();
         match found {
-            Some((vector, truncated)) => {
+            Some((vector, truncated, tokens)) => {
                 self.hits.inc();
-                Some(Encoded { vectors: vec![vector], truncated: vec![truncated] })
+                Some(Encoded { vectors: vec![vector], truncated: vec![truncated], tokens: vec![tokens] })
             }
             None => {
                 self.misses.inc();
@@ -43,7 +44,8 @@ impl QueryCache {
 
     pub(super) fn put(&self, key: String, encoded: &Encoded) {
         if let (Some(vector), Some(&truncated)) = (encoded.vectors.first(), encoded.truncated.first()) {
-            self.entries.lock().put(key, (vector.clone(), truncated));
+            let tokens = encoded.tokens.first().copied().unwrap_or_default();
+            self.entries.lock().put(key, (vector.clone(), truncated, tokens));
         }
     }
 

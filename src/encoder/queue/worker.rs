@@ -338,7 +338,8 @@ impl Worker {
                         let truncated: Vec<bool> = job.tokens.iter().map(|t| t.truncated).collect();
                         let cut = truncated.iter().filter(|&&t| t).count() as u64;
                         self.metrics.truncated_inputs.with_label_values(&[model, side]).inc_by(cut);
-                        let _ = job.reply.send(Ok(Encoded { vectors: job.vectors, truncated }));
+                        let tokens = job.tokens.iter().map(Tokens::len).collect();
+                        let _ = job.reply.send(Ok(Encoded { vectors: job.vectors, truncated, tokens }));
                     }
                 }
                 None
