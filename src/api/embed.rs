@@ -42,25 +42,7 @@ pub async fn embed(State(state): State<AppState>, ApiJson(body): ApiJson<EmbedRe
     if body.texts.is_empty() {
         return Err(ApiError::invalid("`texts` must hold at least one text"));
     }
-    if body.texts.len() > limits.max_batch {
-        return Err(ApiError::too_large(format!(
-            "{} texts in one request; the limit is {}",
-            body.texts.len(),
-            limits.max_batch
-        )));
-    }
-    for (i, text) in body.texts.iter().enumerate() {
-        if crate::util::json::is_blank(text) {
-            return Err(ApiError::invalid(format!("texts[{i}] is empty")));
-        }
-        let chars = text.chars().count();
-        if chars > limits.max_document_chars {
-            return Err(ApiError::invalid(format!(
-                "texts[{i}] has {chars} characters; the limit is {}",
-                limits.max_document_chars
-            )));
-        }
-    }
+    check_texts(&body.texts, "texts", limits)?;
     let model = body.model.unwrap_or_else(|| state.engine.default_model());
     let (info, encoded) = state.engine.embed(&model, body.texts, body.side).await?;
     let truncated_indices: Vec<usize> =
@@ -76,4 +58,29 @@ pub async fn embed(State(state): State<AppState>, ApiJson(body): ApiJson<EmbedRe
         truncated_indices,
     };
     Ok(served_by(&info.name, StatusCode::OK, response))
+}
+
+/// The request limits every embedding endpoint applies to its texts: at most `max_batch`, none blank, none longer
+/// than `max_document_chars`. `field` names the texts in messages (`texts[3]`, `input[3]`).
+pub(super) fn check_texts(texts: &[String], field: &str, limits: &crate::config::Limits) -> Result<(), ApiError> {
+    if texts.len() > limits.max_batch {
+        return Err(ApiError::too_large(format!(
+            "{} texts in one request; the limit is {}",
+            texts.len(),
+            limits.max_batch
+        )));
+    }
+    for (i, text) in texts.iter().enumerate() {
+        if crate::util::json::is_blank(text) {
+            return Err(ApiError::invalid(format!("{field}[{i}] is empty")));
+        }
+        let chars = text.chars().count();
+        if chars > limits.max_document_chars {
+            return Err(ApiError::invalid(format!(
+                "{field}[{i}] has {chars} characters; the limit is {}",
+                limits.max_document_chars
+            )));
+        }
+    }
+    Ok(())
 }

@@ -103,25 +103,7 @@ pub async fn embeddings(
     if texts.is_empty() {
         return Err(ApiError::invalid("`input` must hold at least one text"));
     }
-    if texts.len() > limits.max_batch {
-        return Err(ApiError::too_large(format!(
-            "{} texts in one request; the limit is {}",
-            texts.len(),
-            limits.max_batch
-        )));
-    }
-    for (i, text) in texts.iter().enumerate() {
-        if crate::util::json::is_blank(text) {
-            return Err(ApiError::invalid(format!("input[{i}] is empty")));
-        }
-        let chars = text.chars().count();
-        if chars > limits.max_document_chars {
-            return Err(ApiError::invalid(format!(
-                "input[{i}] has {chars} characters; the limit is {}",
-                limits.max_document_chars
-            )));
-        }
-    }
+    super::embed::check_texts(&texts, "input", limits)?;
     let model = body.model.unwrap_or_else(|| state.engine.default_model());
     let side = body.input_type.unwrap_or(Side::Document);
     let (info, encoded) = state.engine.embed_cut(&model, texts, side, body.dimensions).await?;
