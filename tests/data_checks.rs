@@ -233,13 +233,22 @@ async fn the_start_up_import_runs_for_the_served_models_when_one_fails_to_prepar
     let running = duet::server::start(config).await.unwrap();
     let (base, client) = (format!("http://{}", running.addr), reqwest::Client::new());
     let deadline = Instant::now() + std::time::Duration::from_secs(30);
-    while client.get(format!("{base}/v1/documents/imported")).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "the start-up import did not run");
+    // The import is done once both served models count the imported document in their index (a stored
+    // document is readable a moment before the indexes have added it).
+    let ready = loop {
+        let response = client.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(response.status(), 503);
+        let ready: Value = response.json().await.unwrap();
+        let counted = ["tiny-encoder", "tiny-two-tower"]
+            .iter()
+            .all(|model| ready["models"][model]["documents"] == corpus.len() + 1);
+        if counted {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "the start-up import did not reach both served models: {ready}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let response = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(response.status(), 503);
-    let ready: Value = response.json().await.unwrap();
+    };
+    assert_eq!(client.get(format!("{base}/v1/documents/imported")).send().await.unwrap().status(), 200);
     assert_eq!(ready["models"]["tiny-llm"]["state"], "failed", "{ready}");
     assert!(ready["models"]["tiny-llm"]["reason"].as_str().unwrap().contains("not JSON"), "{ready}");
     for model in ["tiny-encoder", "tiny-two-tower"] {
