@@ -67,7 +67,7 @@ fn keyed_routes() -> Vec<(&'static str, &'static str, Scope)> {
         .into_iter()
         .filter_map(|(method, path, access)| match access {
             Access::Needs(scope) => Some((method, path, scope)),
-            Access::Ops => None,
+            Access::Ops | Access::Public => None,
         })
         .collect()
 }
@@ -128,6 +128,7 @@ fn every_route_that_changes_state_needs_write_or_admin() {
                 assert_eq!(method, "GET", "{path}");
                 ops.insert(path);
             }
+            Access::Public => assert!(method == "GET" && path.starts_with("/ui"), "{method} {path} is public"),
             Access::Needs(Scope::Search) if method != "GET" => {
                 assert!(search_posts.contains(&(method, path)), "{method} {path} changes state: write or admin")
             }
@@ -418,6 +419,7 @@ fn the_spec_states_each_operations_scope_and_its_refusals() {
                 assert_eq!(security, json!([{}, {"bearerAuth": []}]), "{method} {path}: open or any key");
                 assert!(has("401"), "{method} {path} lists 401 (when keyed)");
             }
+            Access::Public => assert_eq!(security, json!([{}]), "{method} {path}: open"),
         }
         assert!(has("421"), "{method} {path} lists the Host refusal");
     }

@@ -21,12 +21,16 @@ use crate::auth::{AuthSettings, HostAllowList, KeyRing, Scope, Verdict};
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// The browser UI's static files: open even when keys are configured (they hold no data; the page asks
+    /// its user for a key and sends it with its API calls).
+    Public,
     /// An operational endpoint: open, or any configured key, as `auth.open_ops` says.
     Ops,
     /// A key holding this scope (or `admin`).
     Needs(Scope),
 }
 
+pub const PUBLIC: Access = Access::Public;
 pub const OPS: Access = Access::Ops;
 pub const SEARCH: Access = Access::Needs(Scope::Search);
 pub const WRITE: Access = Access::Needs(Scope::Write);
@@ -67,6 +71,7 @@ impl Guard {
     pub fn route_check(self: &Arc<Self>, access: Access, path: &str) -> Option<RouteCheck> {
         let needed = match access {
             _ if self.keys.is_empty() => return None,
+            Access::Public => return None,
             Access::Ops if self.open_ops.contains(path) => return None,
             Access::Ops => None,
             Access::Needs(scope) => Some(scope),

@@ -15,6 +15,7 @@ pub mod guard;
 pub mod models;
 pub mod ops;
 pub mod search;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +33,7 @@ use crate::config::Limits;
 use crate::engine::Engine;
 use crate::experiment::Experiments;
 pub use error::ApiError;
-use guard::{Access, Guard, ADMIN, OPS, SEARCH, WRITE};
+use guard::{Access, Guard, ADMIN, OPS, PUBLIC, SEARCH, WRITE};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -55,7 +56,7 @@ pub struct ServedBy(pub String);
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Every route: method, path, who may call it, handler. The access column sits in the table so that no route
-/// can be added without deciding it (tests walk it): `OPS` (probes, metrics, this API's description: open or
+/// can be added without deciding it (tests walk it): `PUBLIC` (the browser UI's static files), `OPS` (probes, metrics, this API's description: open or
 /// any key, per `auth.open_ops`), `SEARCH` (searches, embeddings, feedback, reads), `WRITE` (documents),
 /// `ADMIN` (experiments, evaluation runs, anything else that changes state).
 fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)> {
@@ -64,6 +65,8 @@ fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)>
         ("GET", "/readyz", OPS, get(ops::readyz)),
         ("GET", "/metrics", OPS, get(ops::metrics)),
         ("GET", "/openapi.yaml", OPS, get(ops::openapi)),
+        ("GET", "/ui", PUBLIC, get(ui::page)),
+        ("GET", "/ui/{file}", PUBLIC, get(ui::file)),
         ("GET", "/v1/models", SEARCH, get(models::list)),
         ("POST", "/v1/models", ADMIN, post(models::add)),
         ("GET", "/v1/models/{name}", SEARCH, get(models::get_one)),

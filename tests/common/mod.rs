@@ -2,6 +2,7 @@
 //! file, and talk HTTP to it; [`postgres`] gives tests PostgreSQL databases and clusters of their own.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};
