@@ -255,7 +255,7 @@ async fn an_experiment_made_in_the_form_routes_searches_and_blind_judgements_are
     browser
         .until("the timeline chart", "document.querySelectorAll('#experiment-report svg [data-series]').length === 3")
         .await;
-    browser.screenshot("experiment-report").await;
+    browser.screenshot_page("experiment-report").await;
     let pause = browser.find("#experiment-actions button").await;
     assert_eq!(pause.text().await.unwrap(), "Pause");
     pause.click().await.unwrap();
@@ -276,7 +276,12 @@ async fn an_uploaded_pairs_file_is_evaluated_with_progress_and_a_table() {
     let mut pairs = Vec::new();
     for doc in sample_corpus() {
         let (id, text) = (doc["id"].as_str().unwrap(), doc["text"].as_str().unwrap());
-        for query in [text.to_string(), format!("how do I {text}"), format!("{text} quickly")] {
+        // Partial and shuffled wordings, so the tiny models rank imperfectly and differ.
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let reversed: Vec<&str> = words.iter().rev().copied().collect();
+        let queries =
+            [words[..3].join(" "), format!("how do I {}", words[words.len() - 4..].join(" ")), reversed.join(" ")];
+        for query in queries {
             pairs.push(json!({"query": query, "doc_id": id}));
         }
     }
@@ -291,7 +296,7 @@ async fn an_uploaded_pairs_file_is_evaluated_with_progress_and_a_table() {
     browser.find("#eval-run").await.click().await.unwrap();
     browser.until("the results table", "document.querySelectorAll('#eval-table tbody tr').length === 3").await;
     browser.until("the recall plot", "document.querySelectorAll('#eval-results svg [data-series]').length === 3").await;
-    browser.screenshot("eval").await;
+    browser.screenshot_page("eval").await;
 
     // The table holds what the API computes for the same pairs (a seeded bootstrap: the same intervals).
     let shown: Vec<(String, f64)> = serde_json::from_value(

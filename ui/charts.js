@@ -35,7 +35,7 @@ export function intervalChart(rows, { title, max = null, digits = 3, width = 560
  * `logX`) or Date values (`time`). Returns a figure with the chart and its legend.
  */
 export function lineChart(series, { title, logX = false, time = false, yMax = null, yLabel = "", xLabel = "", width = 620, height = 280, digits = 2 } = {}) {
-  const left = 54, right = 16, topPad = 12, bottom = 42;
+  const left = 54, right = 16, topPad = 26, bottom = 42;
   const xs = series.flatMap((s) => s.points.map((p) => +p[0]));
   const ys = series.flatMap((s) => [...s.points.map((p) => p[1]), ...(s.band || []).map((b) => b[2])]);
   const tx = (v) => (logX ? Math.log10(v) : +v);
@@ -57,7 +57,7 @@ export function lineChart(series, { title, logX = false, time = false, yMax = nu
     xTicks.map((t) => svg("text", { x: X(t), y: height - bottom + 16, "text-anchor": "middle" }, xText(t))),
     svg("line", { class: "axis", x1: left, x2: width - right, y1: Y(0), y2: Y(0) }),
     xLabel ? svg("text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle" }, xLabel) : null,
-    yLabel ? svg("text", { x: 12, y: topPad + 8, "text-anchor": "start" }, yLabel) : null,
+    yLabel ? svg("text", { x: 4, y: 12, "text-anchor": "start" }, yLabel) : null,
     series.map((s, i) => {
       const colour = s.colour || PALETTE[i % PALETTE.length];
       const band = (s.band || []).length

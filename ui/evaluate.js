@@ -107,10 +107,10 @@ async function follow(job, progress, track) {
 export function renderResults(results, r) {
   const cuts = Object.keys(r.models[0]?.recall || {}).sort((a, b) => Number(a.slice(1)) - Number(b.slice(1)));
   const table = h("div.scroll", {}, h("table#eval-table", {},
-    h("thead", {}, h("tr", {}, h("th", {}, "model"), h("th", {}, "version"), h("th.num", {}, "queries"), h("th.num", {}, "MRR@10 [95 %]"), h("th.num", {}, "nDCG@10 [95 %]"),
+    h("thead", {}, h("tr", {}, h("th", {}, "model"), h("th.num", {}, "queries"), h("th.num", {}, "MRR@10 [95 %]"), h("th.num", {}, "nDCG@10 [95 %]"),
       cuts.map((c) => h("th.num", {}, `recall${c}`)), h("th.num", {}, "p50 / p99"))),
     h("tbody", {}, r.models.map((m) => h("tr", { dataset: { model: m.model, mrr: m.mrr_at_10.value } },
-      h("td", {}, m.model), h("td", {}, m.model_version), h("td.num", {}, m.queries), h("td.num", {}, ci(m.mrr_at_10)), h("td.num", {}, ci(m.ndcg_at_10)),
+      h("td", {}, m.model, h("div.muted", {}, h("code", {}, m.model_version))), h("td.num", {}, m.queries), h("td.num", {}, ci(m.mrr_at_10)), h("td.num", {}, ci(m.ndcg_at_10)),
       cuts.map((c) => h("td.num", {}, ci(m.recall[c]))), h("td.num", {}, `${ms(m.query_ms_p50)} / ${ms(m.query_ms_p99)}`))))));
   const plot = cuts.length > 1
     ? lineChart(r.models.map((m) => ({

@@ -105,6 +105,20 @@ impl Browser {
         path
     }
 
+    /// Like [`Browser::screenshot`], of the whole page: the window is made as tall as the page (up to 4,000
+    /// px) for the picture, then put back.
+    pub async fn screenshot_page(&self, name: &str) -> PathBuf {
+        let (width, height) = self.client.get_window_size().await.unwrap();
+        let page = self.js("return document.documentElement.scrollHeight", vec![]).await.as_u64().unwrap_or(height);
+        let tall = (page
+            + (height.saturating_sub(self.js("return window.innerHeight", vec![]).await.as_u64().unwrap_or(height))))
+        .clamp(height, 4000);
+        self.client.set_window_size(width as u32, tall as u32).await.unwrap();
+        let path = self.screenshot(name).await;
+        self.client.set_window_size(width as u32, height as u32).await.unwrap();
+        path
+    }
+
     pub async fn close(mut self) {
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill();
