@@ -4,6 +4,7 @@
 //! listed once, in [`routes`], with the access it needs; `openapi.yaml` must describe exactly those (a test
 //! checks it).
 
+pub mod compare;
 pub mod documents;
 pub mod embed;
 pub mod embeddings;
@@ -75,6 +76,7 @@ fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)>
         ("DELETE", "/v1/documents/{id}", WRITE, delete(documents::delete_one)),
         ("GET", "/v1/search", SEARCH, get(search::search_get)),
         ("POST", "/v1/search", SEARCH, post(search::search_post)),
+        ("POST", "/v1/compare", SEARCH, post(compare::compare)),
         ("POST", "/v1/embed", SEARCH, post(embed::embed)),
         ("POST", "/v1/embeddings", SEARCH, post(embeddings::embeddings)),
         ("GET", "/v1/experiments", SEARCH, get(experiments::list)),

@@ -13,6 +13,7 @@
 //!   while a model back-fills and swaps.
 
 pub mod assign;
+pub mod compare;
 pub mod exposure;
 pub mod interleave;
 mod promote;
