@@ -84,6 +84,7 @@ fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)>
         ("GET", "/v1/experiments/{id}", SEARCH, get(experiments::get_one)),
         ("PATCH", "/v1/experiments/{id}", ADMIN, patch(experiments::update)),
         ("GET", "/v1/experiments/{id}/report", SEARCH, get(experiments::report)),
+        ("GET", "/v1/experiments/{id}/judgements", SEARCH, get(experiments::judgements)),
         ("POST", "/v1/feedback", SEARCH, post(feedback::record)),
         ("POST", "/v1/eval", ADMIN, post(eval::start)),
         ("GET", "/v1/eval/{id}", SEARCH, get(eval::get_job)),
