@@ -119,8 +119,13 @@ async fn every_keyed_route_refuses_a_missing_an_unknown_and_a_wrong_scope_key() 
 #[test]
 fn every_route_that_changes_state_needs_write_or_admin() {
     // The only non-GET routes a `search` key may call: they read, or record feedback on a search.
-    let search_posts =
-        [("POST", "/v1/search"), ("POST", "/v1/embed"), ("POST", "/v1/embeddings"), ("POST", "/v1/feedback")];
+    let search_posts = [
+        ("POST", "/v1/search"),
+        ("POST", "/v1/compare"),
+        ("POST", "/v1/embed"),
+        ("POST", "/v1/embeddings"),
+        ("POST", "/v1/feedback"),
+    ];
     let mut ops = BTreeSet::new();
     for (method, path, access) in duet::api::route_access() {
         match access {

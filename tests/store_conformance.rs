@@ -13,6 +13,8 @@ mod documents;
 mod experiments;
 #[path = "store_conformance/feed.rs"]
 mod feed;
+#[path = "store_conformance/judgements.rs"]
+mod judgements;
 #[path = "store_conformance/registry.rs"]
 mod registry;
 
@@ -28,6 +30,7 @@ use serde_json::Value;
 use documents::*;
 use experiments::*;
 use feed::*;
+use judgements::*;
 use registry::*;
 
 /// Where a case's store lives: it can be opened again (by another handle, or after a close).
@@ -103,6 +106,8 @@ conformance! {
     feedback_is_recorded_once_per_request_document_and_event(store),
     reports_sum_outcomes_per_arm_and_versions(store),
     interleave_counts_credit_the_clicked_team(store),
+    feedback_grades_are_kept_and_replaced(store),
+    interleaved_impressions_are_listed_oldest_first(store),
     model_versions_and_their_events(store),
     a_model_has_one_ready_version(store),
     purging_a_version_removes_its_embeddings(store),

@@ -1,8 +1,9 @@
 //! `/v1/experiments`: create, list, read and change live experiments, and read their report. Experiments are
-//! never deleted: archive them (`PATCH {"status": "archived"}` after stopping).
+//! never deleted: archive them (`PATCH {"status": "archived"}` after stopping). Their graded feedback downloads as
+//! a qrels file (`/judgements`).
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -54,4 +55,16 @@ pub async fn report(
 ) -> Result<Response, ApiError> {
     settings.validate().map_err(ApiError::invalid)?;
     Ok(axum::Json(state.experiments.report(&id, settings).await?).into_response())
+}
+
+/// The experiment's graded feedback as a qrels file `duet eval --qrels` reads.
+pub async fn judgements(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Response, ApiError> {
+    let qrels = crate::experiment::judgements::qrels(&state.experiments, &id).await?;
+    // Experiment names are letters, digits, '-', '_' and '.': safe inside the quoted file name.
+    let disposition = format!("attachment; filename=\"{}-qrels.tsv\"", qrels.experiment);
+    let headers = [
+        (header::CONTENT_TYPE, "text/tab-separated-values; charset=utf-8".to_string()),
+        (header::CONTENT_DISPOSITION, disposition),
+    ];
+    Ok((headers, qrels.tsv).into_response())
 }

@@ -4,6 +4,7 @@
 //! listed once, in [`routes`], with the access it needs; `openapi.yaml` must describe exactly those (a test
 //! checks it).
 
+pub mod compare;
 pub mod documents;
 pub mod embed;
 pub mod embeddings;
@@ -78,6 +79,7 @@ fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)>
         ("DELETE", "/v1/documents/{id}", WRITE, delete(documents::delete_one)),
         ("GET", "/v1/search", SEARCH, get(search::search_get)),
         ("POST", "/v1/search", SEARCH, post(search::search_post)),
+        ("POST", "/v1/compare", SEARCH, post(compare::compare)),
         ("POST", "/v1/embed", SEARCH, post(embed::embed)),
         ("POST", "/v1/embeddings", SEARCH, post(embeddings::embeddings)),
         ("GET", "/v1/experiments", SEARCH, get(experiments::list)),
@@ -85,6 +87,7 @@ fn routes() -> Vec<(&'static str, &'static str, Access, MethodRouter<AppState>)>
         ("GET", "/v1/experiments/{id}", SEARCH, get(experiments::get_one)),
         ("PATCH", "/v1/experiments/{id}", ADMIN, patch(experiments::update)),
         ("GET", "/v1/experiments/{id}/report", SEARCH, get(experiments::report)),
+        ("GET", "/v1/experiments/{id}/judgements", SEARCH, get(experiments::judgements)),
         ("POST", "/v1/feedback", SEARCH, post(feedback::record)),
         ("POST", "/v1/eval", ADMIN, post(eval::start)),
         ("GET", "/v1/eval/{id}", SEARCH, get(eval::get_job)),

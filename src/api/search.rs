@@ -11,6 +11,7 @@ use axum::Extension;
 
 use super::error::{ApiError, ApiJson, ApiQuery};
 use super::{served_by, AppState, RequestId};
+use crate::config::Limits;
 pub use crate::experiment::serve::SearchRequest;
 use crate::experiment::serve::{self, Served};
 
@@ -34,26 +35,31 @@ pub async fn search_get(
     run(state, request_id, &headers, params).await
 }
 
-fn validate(state: &AppState, body: &SearchRequest) -> Result<(), ApiError> {
-    let limits = &state.engine.limits;
-    if crate::util::json::is_blank(&body.query) {
+/// The checks of a query, `k` and `ef` that every search shares (`/v1/search`, `/v1/compare`).
+pub(super) fn check_query(limits: &Limits, query: &str, k: usize, ef: Option<usize>) -> Result<(), ApiError> {
+    if crate::util::json::is_blank(query) {
         return Err(ApiError::invalid("`query` must not be empty"));
     }
-    let chars = body.query.chars().count();
+    let chars = query.chars().count();
     if chars > limits.max_query_chars {
         return Err(ApiError::invalid(format!(
             "`query` has {chars} characters; the limit is {}",
             limits.max_query_chars
         )));
     }
-    if body.k == 0 || body.k > limits.max_k {
-        return Err(ApiError::invalid(format!("`k` must be between 1 and {}; got {}", limits.max_k, body.k)));
+    if k == 0 || k > limits.max_k {
+        return Err(ApiError::invalid(format!("`k` must be between 1 and {}; got {k}", limits.max_k)));
     }
-    if let Some(ef) = body.ef {
+    if let Some(ef) = ef {
         if ef == 0 || ef > limits.max_ef {
             return Err(ApiError::invalid(format!("`ef` must be between 1 and {}; got {ef}", limits.max_ef)));
         }
     }
+    Ok(())
+}
+
+fn validate(state: &AppState, body: &SearchRequest) -> Result<(), ApiError> {
+    check_query(&state.engine.limits, &body.query, body.k, body.ef)?;
     if let Some(unit) = &body.unit_id {
         if unit.is_empty() || unit.len() > 256 || unit.chars().any(char::is_control) {
             return Err(ApiError::invalid("`unit_id` must be 1-256 bytes without control characters"));

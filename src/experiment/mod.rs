@@ -13,8 +13,10 @@
 //!   while a model back-fills and swaps.
 
 pub mod assign;
+pub mod compare;
 pub mod exposure;
 pub mod interleave;
+pub mod judgements;
 mod promote;
 pub mod report;
 mod retire;
@@ -135,6 +137,9 @@ pub struct Feedback {
     /// Checked against the position the document was shown at, when given.
     #[serde(default, deserialize_with = "crate::util::json::non_null")]
     pub position: Option<u32>,
+    /// A human rater's relevance grade, 0 to 10; sent again for the same event, it replaces the earlier one.
+    #[serde(default, deserialize_with = "crate::util::json::non_null")]
+    pub grade: Option<f64>,
 }
 
 /// What was recorded.
@@ -147,8 +152,10 @@ pub struct FeedbackReceipt {
     pub experiment: String,
     /// The arm credited: the arm that served it, or the team that contributed it when interleaved.
     pub arm: String,
-    /// True when this (request, document, event) was recorded before; nothing changed.
+    /// True when this (request, document, event) was recorded before: counted once; a grade replaces its grade.
     pub duplicate: bool,
+    /// The grade sent, `null` when none.
+    pub grade: Option<f64>,
 }
 
 /// What a client sends to create an experiment.
@@ -509,6 +516,9 @@ impl Experiments {
         let _one = self.feedback_lock.lock().await;
         let inserted =
             self.store.add_feedback(&feedback.request_id, &item.doc_id, feedback.event.as_str(), item.position).await?;
+        if let Some(grade) = feedback.grade {
+            self.store.set_feedback_grade(&feedback.request_id, &item.doc_id, feedback.event.as_str(), grade).await?;
+        }
         let found = self.all().iter().find(|e| e.id == shown.experiment_id).cloned();
         let experiment = found.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| shown.experiment_id.clone());
         if inserted {
@@ -525,6 +535,7 @@ impl Experiments {
             experiment,
             arm: item.team.clone(),
             duplicate: !inserted,
+            grade: feedback.grade,
         })
     }
 

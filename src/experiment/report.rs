@@ -5,6 +5,8 @@
 //! Every part names the model versions that served it, and is split by version when an arm's model changed
 //! mid-experiment (exposures logged before versions were recorded count as version `null`).
 
+pub mod timeline;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -190,6 +192,8 @@ pub struct InterleaveReport {
     /// The outcomes per version pair, when more than one served.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub by_versions: Vec<PairOutcomes>,
+    /// The impressions over time, in at most 24 equal buckets (see [`timeline`]); they sum to the totals.
+    pub timeline: Vec<timeline::TimelineBucket>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -368,6 +372,7 @@ pub async fn build(
         let names = [experiment.arms[0].name.as_str(), experiment.arms[1].name.as_str()];
         let by_pair = store.interleave_counts(&experiment.id, names).await?;
         let counts = InterleaveCounts::sum(&by_pair);
+        let timeline = timeline::timeline(&store.interleave_impressions(&experiment.id, names).await?, names);
         let pair =
             |v: &Versions| -> VersionPair { names.iter().map(|n| (n.to_string(), v.get(*n).cloned())).collect() };
         let parts = split(rows.iter().filter(|o| o.arm.is_none()), &latencies, |l| l.arm.is_none(), pair);
@@ -413,6 +418,7 @@ pub async fn build(
             remaining_impressions: (decided_rate > 0.0).then(|| (remaining as f64 / decided_rate).ceil() as u64),
             versions,
             by_versions,
+            timeline,
         })
     } else {
         None

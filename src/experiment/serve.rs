@@ -25,7 +25,7 @@ use crate::index::SearchMethod;
 use crate::store::{ExposureItem, ExposureRecord, ShadowRecord, Versions};
 use crate::util::error_chain;
 
-fn default_k() -> usize {
+pub(super) fn default_k() -> usize {
     10
 }
 
@@ -126,11 +126,11 @@ pub fn snippet(text: &str, chars: usize) -> String {
     }
 }
 
-fn ms(seconds: f64) -> f64 {
+pub(super) fn ms(seconds: f64) -> f64 {
     (seconds * 1e6).round() / 1e3
 }
 
-fn hits(result: &SearchResult, arm: Option<&str>, snippet_chars: usize) -> Vec<SearchHit> {
+pub(super) fn hits(result: &SearchResult, arm: Option<&str>, snippet_chars: usize) -> Vec<SearchHit> {
     result
         .hits
         .iter()
@@ -144,7 +144,7 @@ fn hits(result: &SearchResult, arm: Option<&str>, snippet_chars: usize) -> Vec<S
         .collect()
 }
 
-fn ranked_ids(result: &SearchResult) -> Vec<String> {
+pub(super) fn ranked_ids(result: &SearchResult) -> Vec<String> {
     result.hits.iter().map(|(_, doc)| doc.id.clone()).collect()
 }
 
@@ -392,7 +392,8 @@ fn spawn_shadow(
         match engine.search(query).await {
             Ok(result) => {
                 let ids = ranked_ids(&result);
-                let (jaccard, rbo) = (stats::jaccard_at(&served, &ids, k), stats::rbo(&served, &ids, 0.9));
+                let (jaccard, rbo) =
+                    (stats::jaccard_at(&served, &ids, k), stats::rbo(&served, &ids, stats::RBO_PERSISTENCE));
                 let overlap = &experiments.metrics.shadow_overlap;
                 overlap.with_label_values(&[&experiment.name, "jaccard"]).observe(jaccard);
                 overlap.with_label_values(&[&experiment.name, "rbo"]).observe(rbo);

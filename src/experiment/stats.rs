@@ -117,6 +117,9 @@ pub fn jaccard_at(a: &[String], b: &[String], k: usize) -> f64 {
     }
 }
 
+/// The persistence of every rank-biased overlap Duet reports (shadow comparisons, side-by-side compares).
+pub const RBO_PERSISTENCE: f64 = 0.9;
+
 /// Rank-biased overlap, extrapolated (Webber, Moffat & Zobel 2010, eq. 32) over the depth of the shorter list,
 /// with persistence `p` (0.9: the top ~10 results carry most of the weight). 1 for identical rankings, 0 for
 /// disjoint ones.

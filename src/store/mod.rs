@@ -23,8 +23,9 @@ pub use feed::{Change, ChangeKind};
 pub use location::{open, PostgresSettings, StoreLocation};
 pub use postgres::PgStore;
 pub use records::{
-    Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureLatency, ExposureRecord, Fingerprint,
-    InterleaveCounts, Mode, NewDocument, NewEmbedding, Promotion, ShadowRecord, ShadowRow, Shown, Status, Versions,
+    Arm, ArmOutcome, Document, Experiment, ExposureItem, ExposureLatency, ExposureRecord, Fingerprint, GradedFeedback,
+    InterleaveCounts, InterleaveImpression, Mode, NewDocument, NewEmbedding, Promotion, ShadowRecord, ShadowRow, Shown,
+    Status, Versions,
 };
 pub use registry::{ModelEvent, ModelRegistry, ModelVersion, VersionState};
 pub use sqlite::SqliteStore;
@@ -166,6 +167,23 @@ pub trait Store: ModelRegistry + Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Documents clicked in a request.
     async fn clicked(&self, request_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Sets the grade of a recorded feedback event (a rater's relevance grade; a later one replaces it).
+    async fn set_feedback_grade(
+        &self,
+        request_id: &str,
+        doc_id: &str,
+        event: &str,
+        grade: f64,
+    ) -> Result<(), StoreError>;
+    /// Every graded feedback event of an experiment, with the query of the search it is about.
+    async fn graded_feedback(&self, experiment_id: &str) -> Result<Vec<GradedFeedback>, StoreError>;
+    /// Every impression of an experiment whose teams are `teams`, oldest first (by logging time, then as
+    /// logged), with the clicks credited to each team: what `interleave_counts` sums, one row per impression.
+    async fn interleave_impressions(
+        &self,
+        experiment_id: &str,
+        teams: [&str; 2],
+    ) -> Result<Vec<InterleaveImpression>, StoreError>;
     /// Outcomes of an experiment's impressions per arm and model versions, by arm, then first served first.
     async fn arm_outcomes(&self, experiment_id: &str) -> Result<Vec<ArmOutcome>, StoreError>;
     /// Interleaving outcomes of an experiment whose teams are `teams`, per the teams' model versions, first served

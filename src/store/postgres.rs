@@ -7,6 +7,7 @@
 
 pub mod bench;
 mod experiments;
+mod judgements;
 mod models;
 #[cfg(test)]
 mod tests;
@@ -21,8 +22,8 @@ use sqlx::{PgPool, Postgres, Row};
 
 use super::location::{redact, PostgresSettings};
 use super::records::{
-    ArmOutcome, Document, Experiment, ExposureLatency, ExposureRecord, Fingerprint, InterleaveCounts, NewDocument,
-    NewEmbedding, ShadowRecord, ShadowRow, Shown,
+    ArmOutcome, Document, Experiment, ExposureLatency, ExposureRecord, Fingerprint, GradedFeedback, InterleaveCounts,
+    InterleaveImpression, NewDocument, NewEmbedding, ShadowRecord, ShadowRow, Shown,
 };
 use super::{bytes_to_vector, vector_to_bytes, Change, ChangeKind, Store, StoreError};
 use crate::util::now;
@@ -385,6 +386,28 @@ impl Store for PgStore {
 
     async fn clicked(&self, request_id: &str) -> Result<Vec<String>, StoreError> {
         experiments::clicked(&self.pool, request_id).await
+    }
+
+    async fn set_feedback_grade(
+        &self,
+        request_id: &str,
+        doc_id: &str,
+        event: &str,
+        grade: f64,
+    ) -> Result<(), StoreError> {
+        judgements::set_feedback_grade(&self.pool, request_id, doc_id, event, grade).await
+    }
+
+    async fn graded_feedback(&self, experiment_id: &str) -> Result<Vec<GradedFeedback>, StoreError> {
+        judgements::graded_feedback(&self.pool, experiment_id).await
+    }
+
+    async fn interleave_impressions(
+        &self,
+        experiment_id: &str,
+        teams: [&str; 2],
+    ) -> Result<Vec<InterleaveImpression>, StoreError> {
+        judgements::interleave_impressions(&self.pool, experiment_id, teams).await
     }
 
     async fn arm_outcomes(&self, experiment_id: &str) -> Result<Vec<ArmOutcome>, StoreError> {

@@ -261,3 +261,19 @@ pub struct ShadowRow {
     pub rbo: f64,
     pub latency_ms: f64,
 }
+
+/// One interleaved impression, for the report's timeline: when it was logged (RFC 3339) and the clicks credited
+/// to each team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterleaveImpression {
+    pub at: String,
+    pub clicks: [u64; 2],
+}
+
+/// One graded feedback event of an experiment: the query of the search it is about, the document, the grade.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradedFeedback {
+    pub query: String,
+    pub doc_id: String,
+    pub grade: f64,
+}
