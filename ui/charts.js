@@ -35,24 +35,32 @@ export function intervalChart(rows, { title, max = null, digits = 3, width = 560
  * `logX`) or Date values (`time`). Returns a figure with the chart and its legend.
  */
 export function lineChart(series, { title, logX = false, time = false, yMax = null, yLabel = "", xLabel = "", width = 620, height = 280, digits = 2 } = {}) {
-  const left = 54, right = 16, topPad = 26, bottom = 42;
+  const left = 54, right = 34, topPad = 26, bottom = 42;
   const xs = series.flatMap((s) => s.points.map((p) => +p[0]));
   const ys = series.flatMap((s) => [...s.points.map((p) => p[1]), ...(s.band || []).map((b) => b[2])]);
   const tx = (v) => (logX ? Math.log10(v) : +v);
   let [x0, x1] = [Math.min(...xs.map(tx)), Math.max(...xs.map(tx))];
   if (!(x1 > x0)) [x0, x1] = [x0 - 1, x0 + 1];
-  const y1 = yMax ?? Math.max(1e-9, ...ys) * 1.05;
+  // Counts (digits 0) get whole-number ticks: the top is rounded up to a multiple of 4.
+  const y1 = yMax ?? (digits === 0 ? Math.max(4, Math.ceil(Math.max(...ys) / 4) * 4) : Math.max(1e-9, ...ys) * 1.05);
   const X = (v) => left + ((width - left - right) * (tx(v) - x0)) / (x1 - x0);
   const Y = (v) => topPad + (height - topPad - bottom) * (1 - v / y1);
   const xTicks = logX ? [...new Set(xs)].sort((a, b) => a - b)
     : Array.from({ length: 5 }, (_, i) => x0 + ((x1 - x0) * i) / 4);
-  const xText = (v) => (time ? new Date(v).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }) : logX ? String(v) : fmt(v, 0));
+  // Time: seconds from the first point under two minutes, clock times under two days, dates beyond.
+  const span = x1 - x0;
+  const xText = (v) => {
+    if (!time) return logX ? String(v) : fmt(v, 0);
+    if (span < 120e3) return `+${((v - x0) / 1000).toFixed(span < 10e3 ? 1 : 0)} s`;
+    const d = new Date(v);
+    return span < 172800e3 ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" }) : d.toLocaleDateString();
+  };
   const yTicks = Array.from({ length: 5 }, (_, i) => (y1 * i) / 4);
   const chart = svg("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, width, role: "img", "aria-label": title },
     svg("title", {}, title),
     yTicks.map((t) => [
       svg("line", { class: "grid", x1: left, x2: width - right, y1: Y(t), y2: Y(t) }),
-      svg("text", { x: left - 6, y: Y(t) + 4, "text-anchor": "end" }, fmt(t, y1 < 5 ? digits : 0)),
+      svg("text", { x: left - 6, y: Y(t) + 4, "text-anchor": "end" }, fmt(t, digits === 0 ? 0 : y1 < 5 ? digits : 0)),
     ]),
     xTicks.map((t) => svg("text", { x: X(t), y: height - bottom + 16, "text-anchor": "middle" }, xText(t))),
     svg("line", { class: "axis", x1: left, x2: width - right, y1: Y(0), y2: Y(0) }),

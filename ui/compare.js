@@ -14,7 +14,7 @@ export async function compareView(main) {
   const form = h("form.compare-form", { role: "search", "aria-label": "Compare models" });
   const query = h("input#compare-query", { type: "search", name: "q", placeholder: "Type a query, then Enter", "data-query-box": true, autocomplete: "off", "aria-label": "Query" });
   const k = h("select#compare-k", { name: "k", "aria-label": "Results per model" }, [5, 10, 20, 50].map((n) => h("option", { value: n }, `top ${n}`)));
-  const modelBox = h("fieldset.checks#compare-models", {}, h("legend", {}, "Models (2 to 4)"));
+  const modelBox = h("fieldset.checks#compare-models", {}, h("legend", {}, "Models (2 to 4; the first picked is the baseline for rank moves)"));
   const experimentPick = h("select#compare-experiment", { "aria-label": "Or an experiment's arms" }, h("option", { value: "" }, "— or an experiment's arms —"));
   const results = h("section#compare-results", { "aria-live": "polite" });
   fill(form,
@@ -42,7 +42,13 @@ export async function compareView(main) {
     experimentPick.append(h("option", { value: e.id }, `${e.name} (${e.mode}, ${e.status})`));
   }
   const boxes = () => [...modelBox.querySelectorAll("input[name=model]")];
-  const chosen = () => boxes().filter((b) => b.checked).map((b) => b.value);
+  // The models in the order they were picked: the first is the baseline the rank moves refer to.
+  let order = [];
+  const chosen = () => {
+    const checked = boxes().filter((b) => b.checked).map((b) => b.value);
+    order = [...order.filter((m) => checked.includes(m)), ...checked.filter((m) => !order.includes(m))];
+    return order;
+  };
   modelBox.addEventListener("change", () => {
     const full = chosen().length >= MAX_MODELS;
     for (const b of boxes()) b.disabled = full && !b.checked;
@@ -52,6 +58,7 @@ export async function compareView(main) {
     if (!e) return;
     const arms = [...new Set(e.arms.map((a) => a.model))].slice(0, MAX_MODELS);
     for (const b of boxes()) b.checked = arms.includes(b.value);
+    order = arms;
     modelBox.dispatchEvent(new Event("change"));
   });
 
@@ -63,6 +70,7 @@ export async function compareView(main) {
     const names = models.map((m) => m.name);
     const pick = wanted.length ? wanted.filter((w) => names.includes(w)) : names.slice(0, 2);
     for (const b of boxes()) b.checked = pick.includes(b.value);
+    order = pick;
     modelBox.dispatchEvent(new Event("change"));
     if (p.get("k")) k.value = p.get("k");
     return { q: query.value.trim(), models: pick, k: Number(k.value) };
@@ -143,7 +151,8 @@ export function renderComparison(container, answer) {
     grid.append(h("section.column", { dataset: { model: column.model } },
       h("header", {}, h("h2", {}, column.model),
         h("div.muted", {}, `${column.model_version} · ${column.method}${column.ef ? ` ef ${column.ef}` : ""}${column.query_truncated ? " · query cut" : ""}`),
-        h("div", { class: "latency", title: `encode ${ms(t.encode_ms)}, search ${ms(t.search_ms)}, fetch ${ms(t.fetch_ms)}` }, `${ms(t.total_ms)} (encode ${ms(t.encode_ms)} · search ${ms(t.search_ms)} · fetch ${ms(t.fetch_ms)})`)),
+        h("div", { class: "latency", title: `ready ${ms(t.total_ms)} after the comparison started (the models run concurrently)` },
+          h("strong", {}, ms(t.encode_ms + t.search_ms + t.fetch_ms)), ` = encode ${ms(t.encode_ms)} + search ${ms(t.search_ms)} + fetch ${ms(t.fetch_ms)}`)),
       column.results.length ? list : h("p.gone", {}, "No results."),
       gone.length ? h("div.gone", { dataset: { gone: gone.map((g) => g.id).join(" ") } }, `gone from ${columns[0].model}'s list:`,
         gone.map((g) => [h("span.mark", { style: { background: colours.get(g.id) }, "aria-hidden": "true" }), g.id])) : null));

@@ -88,7 +88,12 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 let notice = self.js("return document.getElementById('notice')?.textContent", vec![]).await;
-                panic!("the page never showed {what} ({condition}); notice: {notice}");
+                let shot = self.screenshot("failed").await;
+                let text = self.js("return document.body.innerText.slice(0, 3000)", vec![]).await;
+                panic!(
+                    "the page never showed {what} ({condition}); notice: {notice}; screenshot {}; page text: {text}",
+                    shot.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
