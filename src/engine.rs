@@ -31,6 +31,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::config::{Config, LifecycleSettings, Limits};
 pub use crate::encoder::Priority;
@@ -468,13 +469,20 @@ impl Engine {
         Ok((served.info.clone(), encoded))
     }
 
-    /// Encodes the query, searches the model's index and fetches the documents.
+    /// Encodes the query, searches the model's index and fetches the documents, in a `search` span (with the
+    /// stages `encode`, `index.search` and `fetch` as its children; the encoder adds `encode.queue_wait` and
+    /// `encode.inference` under `encode`).
     pub async fn search(&self, q: SearchQuery) -> Result<SearchResult, EngineError> {
+        let span = tracing::info_span!("search", model = %q.model, k = q.k, exact = q.exact);
+        self.search_traced(q).instrument(span).await
+    }
+
+    async fn search_traced(&self, q: SearchQuery) -> Result<SearchResult, EngineError> {
         let model = self.ready_model(&q.model)?;
         // Taken before encoding, so that a refusal is immediate; released when the index search ends.
         let permit = self.heavy_search_permit(&model, &q)?;
         let started = Instant::now();
-        let encoded = model.encoder.encode_query(q.query, q.priority).await?;
+        let encoded = model.encoder.encode_query(q.query, q.priority).instrument(tracing::info_span!("encode")).await?;
         let encode_seconds = started.elapsed().as_secs_f64();
         let query_truncated = encoded.truncated.first().copied().unwrap_or(false);
         let vector = encoded.vectors.into_iter().next().unwrap_or_default();
@@ -482,9 +490,13 @@ impl Engine {
         let started = Instant::now();
         let index = model.index.clone();
         let (k, ef, exact) = (q.k, q.ef, q.exact);
+        let span = tracing::info_span!("index.search", method = tracing::field::Empty, hits = tracing::field::Empty);
         let outcome = blocking(move || {
             let _permit = permit;
-            index.search(&vector, k, ef, exact)
+            let _entered = span.enter();
+            let outcome = index.search(&vector, k, ef, exact);
+            span.record("method", outcome.method.as_str()).record("hits", outcome.hits.len());
+            outcome
         })
         .await?;
         let search_seconds = started.elapsed().as_secs_f64();
@@ -494,25 +506,7 @@ impl Engine {
             .observe(search_seconds);
 
         let started = Instant::now();
-        let mut documents: std::collections::HashMap<String, Document> = self
-            .documents
-            .get_many(outcome.hits.iter().map(|h| &*h.id))
-            .into_iter()
-            .map(|(id, d)| (id, Document::clone(&d)))
-            .collect();
-        let unheld: Vec<String> =
-            outcome.hits.iter().filter(|h| !documents.contains_key(&*h.id)).map(|h| h.id.to_string()).collect();
-        // Held in memory unless the stored row could not be read at start-up: those come from the store.
-        if !unheld.is_empty() {
-            match self.store.get_many(&unheld).await {
-                Ok(found) => documents.extend(found),
-                // (Or deleted just now.) With the store away they are left out rather than failing the search.
-                Err(err) if err.is_unavailable() => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
-        // A document deleted between the index read and this read is left out.
-        let hits = outcome.hits.into_iter().filter_map(|h| documents.remove(&*h.id).map(|d| (h, d))).collect();
+        let hits = self.fetch(outcome.hits).instrument(tracing::info_span!("fetch")).await?;
         Ok(SearchResult {
             model: model.info.clone(),
             hits,
@@ -523,6 +517,30 @@ impl Engine {
             search_seconds,
             fetch_seconds: started.elapsed().as_secs_f64(),
         })
+    }
+
+    /// The documents of the hits, best first: from memory, else (a row unreadable at start-up) from the store;
+    /// a document deleted since the index read is left out.
+    async fn fetch(&self, found: Vec<Hit>) -> Result<Vec<(Hit, Document)>, EngineError> {
+        let mut documents: std::collections::HashMap<String, Document> = self
+            .documents
+            .get_many(found.iter().map(|h| &*h.id))
+            .into_iter()
+            .map(|(id, d)| (id, Document::clone(&d)))
+            .collect();
+        let unheld: Vec<String> =
+            found.iter().filter(|h| !documents.contains_key(&*h.id)).map(|h| h.id.to_string()).collect();
+        // Held in memory unless the stored row could not be read at start-up: those come from the store.
+        if !unheld.is_empty() {
+            match self.store.get_many(&unheld).await {
+                Ok(found) => documents.extend(found),
+                // (Or deleted just now.) With the store away they are left out rather than failing the search.
+                Err(err) if err.is_unavailable() => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        // A document deleted between the index read and this read is left out.
+        Ok(found.into_iter().filter_map(|h| documents.remove(&*h.id).map(|d| (h, d))).collect())
     }
 
     /// A search is heavy when the model has a graph and the search asks for `exact` or an `ef` above

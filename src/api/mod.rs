@@ -1,6 +1,7 @@
 //! The HTTP API (axum, JSON, versioned under `/v1`): one file per resource, the router, and the middleware that
-//! gives every response a request id, refuses oversize requests before reading them (413 on `Content-Length`,
-//! 414, 431) and records request metrics ([`guard`] adds the Host check, CORS and API keys). Every route is
+//! gives every response a request id (and its work a `request` span carrying it), refuses oversize requests
+//! before reading them (413 on `Content-Length`, 414, 431), records request metrics and writes one access-log
+//! line per request ([`guard`] adds the Host check, CORS and API keys). Every route is
 //! listed once, in [`routes`], with the access it needs; `openapi.yaml` must describe exactly those (a test
 //! checks it).
 
@@ -28,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
 use crate::config::Limits;
 use crate::engine::Engine;
@@ -139,7 +140,6 @@ pub fn router(state: AppState) -> Router {
         // Outside the panic catcher and the Host check, so every response — timeouts, panics and refusals
         // included — gets a request id and is counted.
         .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -242,6 +242,8 @@ async fn observe(
         .and_then(valid_request_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     request.extensions_mut().insert(RequestId(id.clone()));
+    // Every span and log line of the request's work is under this span, so each carries its request id.
+    let span = tracing::info_span!("request", request_id = %id, method, route = %route);
     let started = Instant::now();
     let limits = &state.engine.limits;
     let timeout = Duration::from_secs(limits.request_timeout_secs.max(1));
@@ -252,7 +254,7 @@ async fn observe(
             tokio::spawn(discard_some(request.into_body(), limits.max_body_bytes));
             response
         }
-        None => match tokio::time::timeout(timeout, next.run(request)).await {
+        None => match tokio::time::timeout(timeout, next.run(request).instrument(span)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -266,8 +268,20 @@ async fn observe(
     let status = response.status().as_u16().to_string();
     let labels = [route.as_str(), method, model.as_str(), status.as_str()];
     let metrics = &state.engine.metrics;
+    let seconds = started.elapsed().as_secs_f64();
     metrics.http_requests.with_label_values(&labels).inc();
-    metrics.http_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+    metrics.http_duration.with_label_values(&labels).observe(seconds);
+    // The access log: one line per request (`--log-format json` makes it one JSON object).
+    tracing::info!(
+        target: "duet::access",
+        request_id = %id,
+        method,
+        route = %route,
+        status = response.status().as_u16(),
+        model = %model,
+        latency_ms = (seconds * 1e6).round() / 1e3,
+        "request"
+    );
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }

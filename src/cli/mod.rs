@@ -149,16 +149,29 @@ pub struct LogArgs {
     /// `warn` for the other commands).
     #[arg(long, env = "DUET_LOG", global = true)]
     pub log: Option<String>,
+    /// Log line format: `text` (for a terminal) or `json` (one JSON object per line, for log shippers; each
+    /// line within a request lists its spans, the first being `request` with its `request_id`).
+    #[arg(long, env = "DUET_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Cli {
     /// Sets up logging once, for every command; an invalid filter falls back to `info`.
     pub fn init_logging(&self) {
         let filter = self.log.log.as_deref().unwrap_or_else(|| self.command.default_log_filter());
-        tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
-            .init();
+        let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+        match self.log.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().with_current_span(false).with_span_list(true).init(),
+        }
     }
 }
 

@@ -125,6 +125,10 @@ struct Job {
     lane: Lane,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Encoded, EncoderError>>,
+    /// The caller's span (a search's `encode`): the thread's `encode.inference` spans are its children.
+    parent: tracing::Span,
+    /// `encode.queue_wait`, open from queuing until the thread takes the request into a batch.
+    wait: tracing::Span,
 }
 
 /// Texts and tokens admitted and not yet taken into a batch: the queue's bounds are on these.
@@ -313,7 +317,9 @@ impl EncoderHandle {
         self.metrics.encode_requests.with_label_values(&[model, priority.as_str()]).inc();
         let lane = Lane::of(priority, side);
         let (reply, response) = oneshot::channel();
-        let job = Job { tokens, texts, side, lane, enqueued: Instant::now(), reply };
+        let wait = tracing::info_span!("encode.queue_wait", model = %model, texts = count, lane = priority.as_str());
+        let parent = tracing::Span::current();
+        let job = Job { tokens, texts, side, lane, enqueued: Instant::now(), reply, parent, wait };
         let tx = match (lane, &self.bulk) {
             (Lane::Background, Some(bulk)) => bulk,
             _ => &self.live,

@@ -168,10 +168,27 @@ pub async fn search(
     body: SearchRequest,
     started: Instant,
 ) -> Result<Served, ExperimentError> {
-    let route = match &body.model {
-        // An explicit model bypasses experiments.
-        Some(_) => Route::Direct,
-        None => experiments.route(body.experiment.as_deref(), unit.as_deref())?,
+    let route = {
+        let span =
+            tracing::info_span!("experiment.route", experiment = tracing::field::Empty, plan = tracing::field::Empty)
+                .entered();
+        let route = match &body.model {
+            // An explicit model bypasses experiments.
+            Some(_) => Route::Direct,
+            None => experiments.route(body.experiment.as_deref(), unit.as_deref())?,
+        };
+        match &route {
+            Route::Direct => span.record("plan", "direct"),
+            Route::Experiment { experiment, plan, .. } => {
+                let plan = match plan {
+                    Plan::Arm { .. } => "arm",
+                    Plan::Interleave => "interleave",
+                    Plan::Shadow => "shadow",
+                };
+                span.record("experiment", experiment.name.as_str()).record("plan", plan)
+            }
+        };
+        route
     };
     let Route::Experiment { experiment, unit_id, plan } = route else {
         let model = body.model.clone().unwrap_or_else(|| engine.default_model());

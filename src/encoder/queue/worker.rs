@@ -49,6 +49,9 @@ struct Pending {
     vectors: Vec<Vec<f32>>,
     done: usize,
     reply: tokio::sync::oneshot::Sender<Result<Encoded, EncoderError>>,
+    parent: tracing::Span,
+    /// The `encode.queue_wait` span, closed (dropped) when the request is first taken into a batch.
+    wait: Option<tracing::Span>,
 }
 
 impl Pending {
@@ -94,6 +97,8 @@ impl Queue {
             vectors: vec![Vec::new(); n],
             done: 0,
             reply: job.reply,
+            parent: job.parent,
+            wait: Some(job.wait),
         };
         self.jobs.insert(id, pending);
         self.lanes[job.lane.index()].push_back(id);
@@ -314,12 +319,24 @@ impl Worker {
         for &(id, _) in &batch.entries {
             if let Some(job) = queue.jobs.get_mut(&id).filter(|j| !j.waited) {
                 job.waited = true;
+                job.wait = None;
                 self.metrics
                     .encode_queue_wait
                     .with_label_values(&[model])
                     .observe(job.enqueued.elapsed().as_secs_f64());
             }
         }
+        // One `encode.inference` span per request in the batch, under that request's span, for the call.
+        let mut requests: Vec<u64> = batch.entries.iter().map(|(id, _)| *id).collect();
+        requests.dedup();
+        let _inference: Vec<tracing::Span> = requests
+            .iter()
+            .filter_map(|id| queue.jobs.get(id))
+            .map(|job| {
+                let texts = batch.entries.len();
+                tracing::info_span!(parent: &job.parent, "encode.inference", model = %model, side = batch.side.as_str(), batch = texts)
+            })
+            .collect();
         let inputs: Vec<&Tokens> = batch.entries.iter().map(|(id, i)| &queue.jobs[id].tokens[*i]).collect();
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| encoder.infer(&inputs, batch.side)));
