@@ -173,6 +173,9 @@ async fn an_added_model_serves_once_backfilled_and_a_restart_keeps_it_without_re
     let (status, again) = server.post("/v1/models", &json!({"name": "encoder-b", "path": "tiny-encoder-v2"})).await;
     let kind = again["type"].as_str().unwrap_or_default();
     assert!(status == 409 && ["/problems/change-in-progress", "/problems/model-exists"].contains(&kind), "{again}");
+    // Nothing to roll back to while it is being added, or once added (it was never replaced): a 409, not a 503.
+    let (status, body) = server.post("/v1/models/encoder-b/rollback", &json!({})).await;
+    assert_eq!((status, body["type"].as_str()), (409, Some("/problems/no-previous-version")), "{body}");
     until(&server, "encoder-b", "encoder-b serves", |d| d["state"] == "ready").await;
     let (status, found) = server.post("/v1/search", &json!({"model": "encoder-b", "query": "topic 3", "k": 3})).await;
     assert_eq!((status, found["results"].as_array().map(Vec::len)), (200, Some(3)), "{found}");

@@ -173,7 +173,11 @@ async fn json_logs_have_one_access_line_per_request_with_its_request_id() {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = line.trim().strip_prefix("duet listening on ").unwrap_or_else(|| panic!("{line}")).to_string();
+    let Some(base) = line.trim().strip_prefix("duet listening on ").map(str::to_string) else {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        panic!("duet serve did not start: {line}\n{stderr}");
+    };
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while client.get(format!("{base}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {

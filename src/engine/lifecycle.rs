@@ -268,9 +268,15 @@ impl Engine {
     /// are encoded.
     pub async fn rollback_model(self: &Arc<Self>, name: &str) -> Result<ModelDetail, EngineError> {
         let rows = self.store.model_versions().await?;
-        let serving = self.model(name)?;
         let no_previous =
             |reason: &str| EngineError::NoPrevious { model: name.to_string(), reason: reason.to_string() };
+        let serving = match self.model(name) {
+            // A model being added has no version before the one being prepared.
+            Err(EngineError::NotReady(_)) => {
+                return Err(no_previous(" (it is still being added; DELETE abandons the addition)"))
+            }
+            found => found?,
+        };
         let previous = previous_version(&rows, name, Some(&serving.info.version))
             .ok_or_else(|| no_previous(" (it was never replaced, or the retention period removed it)"))?;
         let folder = PathBuf::from(&previous.path);
