@@ -73,6 +73,37 @@ fn promtool_rule_tests_pass() {
     tool("promtool", &args);
 }
 
+/// Compose runs the files these tests prove: Prometheus gets docker/prometheus/ (the config and every rule file
+/// it names) and Grafana the dashboard folder its provisioning reads, behind a login.
+#[test]
+fn compose_mounts_the_rules_and_dashboard_the_tests_prove() {
+    let read = |path: &str| -> Value {
+        serde_norway::from_str(&std::fs::read_to_string(docker().join(path)).unwrap()).unwrap()
+    };
+    let compose = read("compose.yaml");
+    let mounts = |service: &str| -> Vec<String> {
+        let volumes = compose["services"][service]["volumes"].as_array().unwrap();
+        volumes.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+    };
+    assert!(mounts("prometheus").contains(&"./prometheus:/etc/prometheus:ro".to_string()));
+    let command = compose["services"]["prometheus"]["command"].as_array().unwrap();
+    assert!(command.contains(&json!("--config.file=/etc/prometheus/prometheus.yml")), "{command:?}");
+    let config = read("prometheus/prometheus.yml");
+    let rule_files: Vec<&str> = config["rule_files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert_eq!(rule_files, ["alerts.yml", "slo.yml"]);
+    for file in rule_files {
+        assert!(docker().join("prometheus").join(file).is_file(), "{file}");
+    }
+    let grafana = mounts("grafana");
+    assert!(grafana.contains(&"./grafana/dashboards:/var/lib/grafana/dashboards:ro".to_string()), "{grafana:?}");
+    assert!(grafana.contains(&"./grafana/provisioning:/etc/grafana/provisioning:ro".to_string()), "{grafana:?}");
+    let provider = read("grafana/provisioning/dashboards/duet.yml");
+    assert_eq!(provider["providers"][0]["options"]["path"], "/var/lib/grafana/dashboards");
+    let environment = &compose["services"]["grafana"]["environment"];
+    assert_eq!(environment["GF_AUTH_ANONYMOUS_ENABLED"], "false");
+    assert!(environment["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap().starts_with("${GRAFANA_ADMIN_PASSWORD:?"));
+}
+
 /// A Prometheus process, killed when dropped.
 struct Prometheus {
     child: Child,
@@ -186,12 +217,15 @@ async fn create_experiments(server: &TestServer) {
 }
 
 /// Searches on every model (GET and POST), client mistakes, and searches under each experiment, with clicks.
-async fn drive_traffic(server: &TestServer) {
-    for (i, query) in QUERIES.iter().enumerate() {
+async fn drive_traffic(server: &TestServer, round: usize) {
+    // Queries new to each round: a cached query is not encoded, and the encoder panels would see no rate.
+    let queries: Vec<String> = QUERIES.iter().map(|q| format!("{q} {round}")).collect();
+    for (i, query) in queries.iter().enumerate() {
         for model in MODELS {
             let (status, body) = server.post("/v1/search", &json!({"query": query, "model": model, "k": 3})).await;
             assert_eq!(status, 200, "{body}");
-            let response = server.client.get(server.url("/v1/search")).query(&[("q", *query), ("model", model)]);
+            let response =
+                server.client.get(server.url("/v1/search")).query(&[("q", query.as_str()), ("model", model)]);
             assert_eq!(response.send().await.unwrap().status(), 200);
         }
         let (status, _) = server.post("/v1/search", &json!({"query": query, "unit_id": format!("d{i}")})).await;
@@ -201,7 +235,7 @@ async fn drive_traffic(server: &TestServer) {
     assert_eq!(server.post("/v1/search", &json!({"query": "x", "model": "no-such-model"})).await.0, 404);
     assert_eq!(server.get("/v1/documents/no-such-document").await.0, 404);
 
-    for (u, query) in QUERIES.iter().enumerate() {
+    for (u, query) in queries.iter().enumerate() {
         for experiment in ["ab", "il", "sh"] {
             let body = json!({"query": query, "k": 4, "experiment": experiment, "unit_id": format!("u{u}")});
             let found = common::search(server, body).await;
@@ -215,28 +249,39 @@ async fn drive_traffic(server: &TestServer) {
     }
 }
 
-/// Fills tiny-llm's one-text queue with concurrent embeddings and searches: some answer 503.
-async fn shed_load(server: &TestServer) -> usize {
+/// Fills tiny-llm's one-text queue with concurrent embeddings and searches, until some searches answer 503
+/// (a burst may shed only embeddings); how many searches were shed. Every query is new: a cached one would
+/// not queue.
+async fn shed_searches(server: &TestServer) -> usize {
+    static BURSTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let texts: Vec<String> = (0..256).map(|i| format!("read a json file from disk number {i} ").repeat(8)).collect();
-    let mut tasks = Vec::new();
-    for i in 0..24 {
-        let client = server.client.clone();
-        let request = if i % 3 == 0 {
-            client.post(server.url("/v1/search")).json(&json!({"query": texts[i], "model": "tiny-llm"}))
-        } else {
-            client.post(server.url("/v1/embed")).json(&json!({"texts": texts, "model": "tiny-llm"}))
-        };
-        tasks.push(tokio::spawn(async move { request.send().await.unwrap().status().as_u16() }));
-    }
-    let mut shed = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            200 => {}
-            503 => shed += 1,
-            other => panic!("unexpected status {other}"),
+    for _ in 0..20 {
+        let burst = BURSTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut tasks = Vec::new();
+        for i in 0..24 {
+            let client = server.client.clone();
+            let search = i % 2 == 1;
+            let request = if search {
+                let query = format!("{} burst {burst}", texts[i]);
+                client.post(server.url("/v1/search")).json(&json!({"query": query, "model": "tiny-llm"}))
+            } else {
+                client.post(server.url("/v1/embed")).json(&json!({"texts": texts, "model": "tiny-llm"}))
+            };
+            tasks.push(tokio::spawn(async move { (search, request.send().await.unwrap().status().as_u16()) }));
+        }
+        let mut shed = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                (_, 200) => {}
+                (search, 503) => shed += usize::from(search),
+                (_, other) => panic!("unexpected status {other}"),
+            }
+        }
+        if shed > 0 {
+            return shed;
         }
     }
-    shed
+    0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,9 +315,8 @@ async fn a_real_prometheus_scrapes_the_server_and_every_dashboard_query_has_seri
     assert!(all_docs, "the start-up import did not reach every model");
 
     create_experiments(&server).await;
-    drive_traffic(&server).await;
-    let shed = shed_load(&server).await;
-    assert!(shed > 0, "the full queue shed nothing");
+    drive_traffic(&server, 1).await;
+    assert!(shed_searches(&server).await > 0, "the full queue shed no search");
     // A series is born with the value of its first scrape, which `rate()` does not count as an increase: once
     // Prometheus holds every model's search series and tiny-llm's shed searches, a second round of both gives
     // them their rates.
@@ -287,23 +331,28 @@ async fn a_real_prometheus_scrapes_the_server_and_every_dashboard_query_has_seri
     })
     .await;
     assert!(seen, "Prometheus did not scrape the searches");
-    drive_traffic(&server).await;
-    assert!(shed_load(&server).await > 0, "the full queue shed nothing the second time");
+    drive_traffic(&server, 2).await;
+    assert!(shed_searches(&server).await > 0, "the full queue shed no search the second time");
 
     // Every dashboard query returns at least one series (all polled together, until each has or time is up).
     let queries = dashboard_queries();
+    // Per query: (series, series with a finite non-zero value). Only the first must be non-zero: counters of
+    // paths this test does not take (replication, back-fills, swaps) are 0 and their quantiles NaN.
     let (all, counts) = poll(deadline, || async {
         let mut counts = Vec::new();
         for (_, expr) in &queries {
-            counts.push(query(&client, &prometheus, expr).await.len());
+            let series = query(&client, &prometheus, expr).await;
+            let value = |s: &Value| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+            let live = series.iter().filter(|s| value(s).is_finite() && value(s) != 0.0).count();
+            counts.push((series.len(), live));
         }
-        (counts.iter().all(|&n| n > 0), counts)
+        (counts.iter().all(|&(n, _)| n > 0), counts)
     })
     .await;
-    for ((title, expr), n) in queries.iter().zip(&counts) {
-        eprintln!("panel {title:?}: {n} series  [{expr}]");
+    for ((title, expr), (n, live)) in queries.iter().zip(&counts) {
+        eprintln!("panel {title:?}: {n} series, {live} non-zero  [{expr}]");
     }
-    let empty: Vec<&String> = queries.iter().zip(&counts).filter(|(_, &n)| n == 0).map(|((_, e), _)| e).collect();
+    let empty: Vec<&String> = queries.iter().zip(&counts).filter(|(_, &(n, _))| n == 0).map(|((_, e), _)| e).collect();
     assert!(all, "dashboard queries with no series: {empty:#?}");
 
     // The search latency quantile of every model is a number.
