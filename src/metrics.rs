@@ -2,7 +2,13 @@
 //! the text format at `GET /metrics`. Times are in seconds. Label values are bounded: routes are route templates
 //! (`/v1/documents/{id}`, `unmatched`, or `unparsed` for what hyper could not parse), methods are the standard
 //! ones or `other`, models are the configured model names, experiments and arms are the names of
-//! experiments created through the API (validated: at most 64 characters, at most 8 arms).
+//! experiments created through the API (validated: at most 64 characters, at most 8 arms). `status` keeps the
+//! raw code rather than a class: the server answers a fixed, small set of codes, and the alerts and SLOs tell
+//! 503 (shedding, warm-up, store down) apart from 500 (a bug) and 429 from 422. Counters of a model's label
+//! set start at 0 when its queue starts ([`Metrics::init_model`]), so that `rate()` sees the first refusal
+//! (a series born at 1 has no increase) and panels show 0 rather than nothing. Beside the `duet_` families,
+//! [`Metrics::render`] adds the standard `process_*` collector (resident memory, CPU seconds, open and maximum
+//! file descriptors, start time, threads) from /proc on Linux, unprefixed as Prometheus names them.
 
 use std::cell::RefCell;
 
@@ -11,6 +17,9 @@ use prometheus::{
     exponential_buckets, linear_buckets, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The git commit the binary was built from (build.rs: `DUET_GIT_SHA`, else `git rev-parse`, else "unknown").
+pub const GIT_SHA: &str = env!("DUET_GIT_SHA");
 
 pub struct Metrics {
     pub registry: Registry,
@@ -55,6 +64,10 @@ pub struct Metrics {
     pub store_up: IntGauge,
     pub replication_lag: Histogram,
     pub replication_applied: IntCounterVec,
+    /// 1, labelled with the version and git commit of the binary.
+    pub build_info: IntGaugeVec,
+    /// The process's own series (`process_*`), kept apart from `registry` so that they are not prefixed.
+    process: Registry,
     /// Every metric family registered, with its label names — also those with no series yet (Prometheus' text
     /// format omits a labelled family until it has one). Dashboards and alert rules are checked against it.
     pub families: Vec<Family>,
@@ -68,10 +81,19 @@ pub struct Family {
     pub labels: Vec<String>,
 }
 
+/// Latency buckets, 100 µs .. 60 s: sub-millisecond two-tower searches and index lookups up to LLM inference
+/// batches of tens of seconds (an EmbeddingGemma import batch of 32 takes ~30 s on 2 cores). The 1-2.5-5 steps
+/// put the thresholds the alerts and SLOs use (0.5 s) on a bucket boundary, so those shares are counted exactly
+/// rather than interpolated.
 fn latency_buckets() -> Vec<f64> {
-    // 100 µs .. ~26 s
-    exponential_buckets(0.0001, 2.0, 19).expect("valid buckets")
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0,
+        60.0,
+    ]
 }
+
+/// The latency SLO's threshold in seconds (docker/prometheus/slo.yml): one of [`latency_buckets`].
+pub const SEARCH_LATENCY_SLO_SECONDS: f64 = 0.5;
 
 impl Metrics {
     pub fn new() -> Self {
@@ -332,17 +354,64 @@ impl Metrics {
                  setting, model).",
                 &["kind"],
             ),
+            build_info: {
+                let g = gauge("build_info", "1, labelled with the version and git commit Duet was built from.", &[
+                    "version", "git_sha",
+                ]);
+                g.with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_SHA]).set(1);
+                g
+            },
+            process: process_registry(),
             families: families.into_inner(),
             registry,
         }
     }
 
+    /// Starts a model's counters at 0 (every label set the model can have), so that its first refusal,
+    /// truncation or swap is an increase `rate()` sees and its panels show 0 rather than no data.
+    pub fn init_model(&self, model: &str) {
+        for counter in [
+            &self.encode_rejected,
+            &self.encoder_restarts,
+            &self.model_backfill_documents,
+            &self.model_swaps,
+            &self.model_rollbacks,
+            &self.heavy_searches_refused,
+        ] {
+            counter.with_label_values(&[model]);
+        }
+        for side in ["query", "document"] {
+            self.truncated_inputs.with_label_values(&[model, side]);
+        }
+        self.model_backfill_remaining.with_label_values(&[model]);
+    }
+
+    /// Starts an experiment's loss counters at 0 (called as it serves), for the same reason as [`Self::init_model`].
+    pub fn init_experiment(&self, experiment: &str) {
+        self.exposures_dropped.with_label_values(&[experiment]);
+        for reason in ["busy", "failed"] {
+            self.shadow_skipped.with_label_values(&[experiment, reason]);
+        }
+    }
+
     /// The registry in Prometheus' text exposition format.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
+        TextEncoder::new().encode(&families, &mut buffer).expect("text encoding cannot fail");
         String::from_utf8(buffer).expect("prometheus text is UTF-8")
     }
+}
+
+/// The process collector in a registry of its own (no prefix). It reads /proc, so it exists on Linux only.
+fn process_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        .expect("one process collector");
+    registry
 }
 
 impl Default for Metrics {
@@ -382,14 +451,15 @@ mod tests {
         let rendered: std::collections::BTreeSet<String> =
             m.registry.gather().iter().map(|f| f.name().to_string()).collect();
         assert!(rendered.iter().all(|name| m.families.iter().any(|f| &f.name == name)), "{rendered:?}");
-        assert_eq!(m.families.len(), 41, "one per field of Metrics");
+        assert_eq!(m.families.len(), 42, "one per metric field of Metrics");
     }
 
     /// Metric names, and the label names each expression uses, in a PromQL expression: `duet_x{a="1"}` and
     /// `by (a, b)` clauses. Returns (metric names, labels named in matchers per metric, labels in by-clauses).
     fn promql_references(expr: &str) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
         let bytes = expr.as_bytes();
-        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+        // `:` too: `slo:duet_x:ratio_rate5m` is a recorded series (checked by the rules test), not `duet_x`.
+        let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
         let (mut names, mut matchers, mut grouping) = (Vec::new(), Vec::new(), Vec::new());
         let mut i = 0;
         while i < bytes.len() {
@@ -467,7 +537,7 @@ mod tests {
         assert_eq!(check_expression(&m, "t", r#"duet_documents{arm="a"}"#).len(), 1, "matcher it lacks");
     }
 
-    /// The shipped Grafana dashboard and Prometheus alert rules (docker/) name only metrics and labels the
+    /// The shipped Grafana dashboard and Prometheus alert and SLO rules (docker/) name only metrics and labels the
     /// server exports: renaming a metric fails here instead of blanking a panel or silencing an alert.
     #[test]
     fn shipped_dashboard_and_alert_rules_match_the_exported_metrics() {
@@ -490,16 +560,32 @@ mod tests {
             problems.extend(check_expression(&m, "template variable", query));
         }
 
-        let alerts: serde_json::Value =
-            serde_norway::from_str(include_str!("../docker/prometheus/alerts.yml")).expect("alert rules are YAML");
-        for group in alerts["groups"].as_array().expect("groups") {
-            for rule in group["rules"].as_array().expect("rules") {
-                let expr = rule["expr"].as_str().expect("alert expr");
-                problems.extend(check_expression(&m, rule["alert"].as_str().unwrap_or("?"), expr));
-                checked += 1;
+        // Recorded series (`slo:…`) an expression uses must be recorded by some rule.
+        let (mut recorded, mut used) = (Vec::new(), Vec::new());
+        for rules in [include_str!("../docker/prometheus/alerts.yml"), include_str!("../docker/prometheus/slo.yml")] {
+            let rules: serde_json::Value = serde_norway::from_str(rules).expect("rules are YAML");
+            for group in rules["groups"].as_array().expect("groups") {
+                for rule in group["rules"].as_array().expect("rules") {
+                    let expr = rule["expr"].as_str().expect("rule expr");
+                    let name = rule["alert"].as_str().or(rule["record"].as_str()).unwrap_or("?");
+                    problems.extend(check_expression(&m, name, expr));
+                    recorded.extend(rule["record"].as_str().map(str::to_string));
+                    used.extend(
+                        expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).filter_map(
+                            |token| token.starts_with("slo:").then(|| (name.to_string(), token.to_string())),
+                        ),
+                    );
+                    checked += 1;
+                }
             }
         }
-        assert!(checked >= 25, "only {checked} expressions found");
+        assert!(used.len() >= 12, "{used:?}");
+        for (rule, series) in used {
+            if !recorded.contains(&series) {
+                problems.push(format!("{rule}: {series} is recorded by no rule"));
+            }
+        }
+        assert!(checked >= 45, "only {checked} expressions found");
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 }

@@ -6,11 +6,11 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use super::error::{ApiError, ApiJson, ApiQuery};
-use super::{served_by, AppState, RequestId};
+use super::{served_by, AppState, RequestId, ServedBy};
 use crate::config::Limits;
 pub use crate::experiment::serve::SearchRequest;
 use crate::experiment::serve::{self, Served};
@@ -97,8 +97,23 @@ async fn run(
     let exposure_id = uuid::Uuid::new_v4().to_string();
     let RequestId(correlation_id) = request_id;
     tracing::debug!(%exposure_id, %correlation_id, "search");
-    let Served { mut response, served_by: model } =
-        serve::search(&state.engine, &state.experiments, exposure_id, unit, body, started).await?;
+    // A failed search is counted under the model it asked for (a configured one, else the default), so the
+    // per-model availability SLO sees load shedding and errors; an unknown model's name is not a label.
+    let asked = match &body.model {
+        Some(name) => state.engine.models().contains_key(name).then(|| name.clone()),
+        None => Some(state.engine.default_model()),
+    };
+    let searched = serve::search(&state.engine, &state.experiments, exposure_id, unit, body, started).await;
+    let Served { mut response, served_by: model } = match searched {
+        Ok(served) => served,
+        Err(err) => {
+            let mut refused = ApiError::from(err).into_response();
+            if let Some(name) = asked {
+                refused.extensions_mut().insert(ServedBy(name));
+            }
+            return Ok(refused);
+        }
+    };
     response.correlation_id = Some(correlation_id);
     Ok(served_by(&model, StatusCode::OK, response))
 }

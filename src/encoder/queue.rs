@@ -209,6 +209,7 @@ impl EncoderHandle {
         metrics: Arc<Metrics>,
     ) -> Self {
         let info = Arc::new(encoder.info().clone());
+        metrics.init_model(&info.name);
         let encoder: Arc<dyn Encoder> = Arc::from(encoder);
         let shared = Arc::new(Shared {
             encoder: RwLock::new(Some(encoder.clone())),

@@ -56,6 +56,7 @@ impl ExposureLog {
         match self.tx.try_send(Message::Exposure(record)) {
             Ok(()) => {
                 self.metrics.exposures.with_label_values(&[&experiment, &arm]).inc();
+                self.metrics.init_experiment(&experiment);
                 self.metrics.exposure_queue_depth.inc();
                 true
             }
@@ -71,6 +72,7 @@ impl ExposureLog {
         let experiment = record.experiment_name.clone();
         match self.tx.try_send(Message::Shadow(record)) {
             Ok(()) => {
+                self.metrics.init_experiment(&experiment);
                 self.metrics.exposure_queue_depth.inc();
                 true
             }

@@ -26,6 +26,10 @@ pub async fn follow(engine: Arc<Engine>, experiments: Arc<Experiments>, settings
     let mut applied = engine.feed_start();
     let mut last_prune: Option<Instant> = None;
     let mut reported_failure = false;
+    // Every kind's counter from 0, so that the first change applied is an increase `rate()` sees.
+    for kind in ChangeKind::ALL {
+        engine.metrics.replication_applied.with_label_values(&[kind.as_str()]);
+    }
     loop {
         match step(&engine, &experiments, applied).await {
             Ok((position, full)) => {
