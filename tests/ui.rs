@@ -199,6 +199,7 @@ async fn an_experiment_made_in_the_form_routes_searches_and_blind_judgements_are
     assert_eq!(arms.len(), 2);
     arms[0].select_by_value("tiny-encoder").await.unwrap();
     arms[1].select_by_value("tiny-two-tower").await.unwrap();
+    browser.screenshot_page("experiments").await;
     browser.find("#new-experiment button[type=submit]").await.click().await.unwrap();
     browser
         .until("the experiment's page", "document.getElementById('experiment-status')?.textContent === 'running'")

@@ -179,7 +179,7 @@ export function renderReport(body, report) {
     const decided = (il.wins[a] || 0) + (il.wins[b] || 0);
     parts.push(h("div.cards", {},
       h("div.card", { id: "interleave-wins" }, h("div.muted", {}, "wins"), h("div.big", {}, `${a} ${il.wins[a] || 0} · ${b} ${il.wins[b] || 0}`), h("div.muted", {}, `${il.ties} ties · ${il.no_click} without a click · ${il.impressions} impressions`)),
-      h("div.card", {}, h("div.muted", {}, `preference for ${b}`), h("div.big", {}, ci(il.preference_for_second)), h("div.muted", {}, `sign test p = ${fmt(il.sign_test_p, 4)}`)),
+      h("div.card", {}, h("div.muted", {}, `preference for ${b}`), h("div.big", {}, decided ? ci(il.preference_for_second) : "–"), decided ? null : h("div.muted", {}, "no decided impression yet"), h("div.muted", {}, `sign test p = ${fmt(il.sign_test_p, 4)}`)),
       h("div.card", {}, h("div.muted", {}, "verdict"), h("div.big", {}, il.significant ? `${il.preferred} preferred` : "no preference yet"))),
       h("h2", {}, "Wins, ties and losses over time (cumulative)"), timelineChart(il.timeline || [], a, b),
       progressTo(`Decided impressions towards the ${il.needed_decided.toLocaleString()} needed to detect a ${pct(report.min_preference)} preference`, decided, il.needed_decided),
