@@ -1,7 +1,7 @@
 //! A real headless Chromium for the browser tests: starts Debian's `chromedriver` on a free port (installed by
 //! `scripts/setup --test`; `DUET_CHROMEDRIVER` and `DUET_CHROMIUM` override the paths), opens a WebDriver
 //! session on it with fantoccini, and offers the few waits and reads the UI tests need. Screenshots go to
-//! `target/tmp/ui-screenshots/` (the suite's artifacts).
+//! `ui-screenshots/` in cargo's `CARGO_TARGET_TMPDIR`, inside `target/`: the suite's artifacts.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -99,7 +99,7 @@ impl Browser {
         }
     }
 
-    /// Saves a PNG of the window as `target/tmp/ui-screenshots/<name>.png`; returns its path.
+    /// Saves a PNG of the window as `<name>.png` in `ui-screenshots/` of `CARGO_TARGET_TMPDIR`; returns its path.
     pub async fn screenshot(&self, name: &str) -> PathBuf {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
